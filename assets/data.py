@@ -1,0 +1,73 @@
+"""dataset_manifest → class_text_embeddings: what a (model, dataset) partition analyses, and its classifier."""
+
+
+import polars as pl
+import pyarrow as pa
+from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
+
+from assets.partitions import model_and_dataset, model_dataset
+from assets.toy import toyworld
+from cliplab.zeroshot import class_embeddings
+from resources.datasets import DatasetCatalog
+from resources.lance import LanceStore
+from resources.models import ModelZoo
+from resources.store import ArtifactStore
+
+
+class ManifestConfig(Config):
+    on_corrupt: str = "skip"  # "skip": drop corrupt images and list them; "fail": the partition fails
+
+
+@asset(partitions_def=model_dataset, deps=[toyworld], group_name="data", kinds={"parquet"})
+def dataset_manifest(context: AssetExecutionContext, config: ManifestConfig, datasets: DatasetCatalog,
+                     zoo: ModelZoo, store: ArtifactStore) -> MaterializeResult:
+    """One row per usable image: image_id, path (folders) or toy_index (toyworld), label, class_name."""
+    model, dataset = model_and_dataset(context)
+    zoo.spec(model)  # an unknown model fails here, before any work
+    view = datasets.model_copy(update={"on_corrupt": config.on_corrupt}).open(dataset)
+    path = store.write("dataset_manifest", view.manifest, model=model, dataset=dataset)
+    if view.corrupt:
+        context.log.warning(f"{len(view.corrupt)} corrupt image(s) skipped: {view.corrupt[:5]}")
+    return MaterializeResult(metadata={
+        "dagster/row_count": len(view.manifest),
+        "classes": len(view.class_names),
+        "templates": len(view.templates),
+        "corrupt images skipped": MetadataValue.json([{"image_id": i, "reason": r} for i, r in view.corrupt]),
+        "path": MetadataValue.path(path),
+    })
+
+
+@asset(partitions_def=model_dataset, deps=[dataset_manifest], group_name="data", kinds={"parquet", "lancedb"})
+def class_text_embeddings(context: AssetExecutionContext, datasets: DatasetCatalog, zoo: ModelZoo,
+                          store: ArtifactStore, lance: LanceStore) -> MaterializeResult:
+    """W (K, D): per class the mean of its template prompts' unit text embeddings, re-normalised."""
+    import torch
+
+    model, dataset = model_and_dataset(context)
+    view = datasets.open(dataset)
+    m = zoo.load(model)
+    with torch.inference_mode():
+        weights = class_embeddings(lambda t: m.model.encode_text(t.to(m.device)), m.tokenizer, view.class_names, view.templates)
+    k, d = weights.shape
+    table = pa.table({
+        "model": [model] * k, "dataset": [dataset] * k,
+        "class_index": pa.array(range(k), pa.int64()),
+        "class_name": view.class_names,
+        "n_templates": pa.array([len(view.templates)] * k, pa.int32()),
+        "vector": pa.FixedSizeListArray.from_arrays(pa.array(weights.cpu().numpy().ravel(), pa.float32()), d),
+    })
+    path = store.write("class_text_embeddings", table.drop_columns(["model", "dataset"]), model=model, dataset=dataset)
+    lance.replace_partition("class_text_embeddings", table, model, dataset, key="class_index")
+    return MaterializeResult(metadata={
+        "dagster/row_count": k, "embedding dim": d, "templates per class": len(view.templates),
+        "path": MetadataValue.path(path), "lancedb table": f"{lance.uri}/class_text_embeddings",
+    })
+
+
+def read_class_weights(store: ArtifactStore, model: str, dataset: str):
+    """W (K, D) float32 tensor from the class_text_embeddings partition."""
+    import numpy as np
+    import torch
+
+    df = store.read("class_text_embeddings", model=model, dataset=dataset).sort("class_index").collect()
+    return torch.from_numpy(np.stack(df["vector"].to_numpy()).astype(np.float32))

@@ -1,0 +1,140 @@
+"""Describing each visual concept with descriptors through optimal transport (mutual-knowledge step 7).
+
+S = concept features · descriptor text embeddings, (L, |D|). The reference keeps the descriptors
+that every concept ranks in its top 500 and that resemble the whole image, then spreads them over
+the concepts with Sinkhorn: P = exp(2.5·S), normalised 1000 times by rows then by columns. After the
+last column step every descriptor carries mass 1 and, at convergence, every concept n/L (n the
+candidates): the entropic OT plan Π from descriptors (a = 1_n) to concepts (b = n/L·1_L) for the
+cost M = −2.5·Sᵀ at ε = 1. Each concept then takes its top 3 descriptors in Π, so a descriptor
+claimed strongly by one concept ranks low for the others.
+"""
+
+from collections import Counter
+
+import ot
+import ot.batch
+import torch
+import torch.nn.functional as F
+
+from cliplab.errors import CliplabError
+
+THRESHOLDS = ("mean", "percentile")
+
+
+def reference_sinkhorn(S, temperature: float = 2.5, n_iter: int = 1000) -> torch.Tensor:
+    """The reference's sinkhorn_knopp: exp(temperature·S) (L, n), n_iter × (rows, then columns) → (L, n)."""
+    P = torch.exp(temperature * torch.as_tensor(S, dtype=torch.float64))
+    for _ in range(n_iter):
+        P = P / P.sum(dim=1, keepdim=True)
+        P = P / P.sum(dim=0, keepdim=True)
+    return P
+
+
+def sinkhorn_assignment(S, temperature: float = 2.5, n_iter: int = 1000) -> torch.Tensor:
+    """Transport plan Π (L, n) of n candidate descriptors onto L concepts, S: (L, n) similarities.
+
+    Π = POT's log-domain Sinkhorn for a = 1_n (descriptors), b = n/L·1_L (concepts), M = −temperature·Sᵀ,
+    ε = 1, transposed back; temperature multiplies S (the reference's 2.5). POT updates the target
+    (concepts, the reference's rows) first and the source (descriptors, its columns) last, so running
+    exactly n_iter iterations (stopThr = 0) reproduces the reference's iterates, not only its limit.
+    Any scale of b gives the same Π, since every iteration ends on the descriptors' step; n/L is the
+    one that balances the two masses, making Π at convergence the OT plan of that problem. Returns float64 on S's device; an empty S gives an empty plan.
+    """
+    S = torch.as_tensor(S, dtype=torch.float64)
+    L, n = S.shape
+    if L == 0 or n == 0:
+        return torch.zeros_like(S)
+    a = torch.ones(n, dtype=S.dtype, device=S.device)
+    b = torch.full((L,), n / L, dtype=S.dtype, device=S.device)
+    plan = ot.sinkhorn(a, b, -temperature * S.T, reg=1.0, method="sinkhorn_log",
+                       numItermax=n_iter, stopThr=0.0, warn=False)
+    return plan.T
+
+
+def sinkhorn_assignment_batch(S, concept_mask, candidate_mask, temperature: float = 2.5,
+                              n_iter: int = 1000) -> torch.Tensor:
+    """sinkhorn_assignment for B images at once: S (B, L, n) padded, masks (B, L) and (B, n) bool.
+
+    Returns Π (B, L, n), zero outside each image's real concepts × candidates. The padded rows and
+    columns (plus one extra of each, so none is ever empty) form a block of their own, cut off from
+    the real block by log-affinity −∞, so POT's batched solver (rows first, then columns, like the
+    reference) solves each image's real block as if it were alone.
+    """
+    S = torch.as_tensor(S, dtype=torch.float64)
+    concept_mask = torch.as_tensor(concept_mask, dtype=torch.bool, device=S.device)
+    candidate_mask = torch.as_tensor(candidate_mask, dtype=torch.bool, device=S.device)
+    L, n = S.shape[1:]
+    # an image without concepts or without candidates has nothing to transport
+    rows = concept_mask & candidate_mask.any(dim=1, keepdim=True)
+    cols = candidate_mask & concept_mask.any(dim=1, keepdim=True)
+    rows, cols = F.pad(rows, (0, 1)), F.pad(cols, (0, 1))
+    real = rows[:, :, None] & cols[:, None, :]
+    padding = ~rows[:, :, None] & ~cols[:, None, :]
+    log_K = F.pad(temperature * S, (0, 1, 0, 1))
+    log_K = torch.where(real, log_K, torch.where(padding, 0.0, -torch.inf))
+    # the padding block gets mass 1 on each side so its potentials stay bounded
+    a = torch.where(rows, cols.sum(1, keepdim=True) / rows.sum(1, keepdim=True).clamp(min=1),
+                    1 / (~rows).sum(1, keepdim=True)).to(S.dtype)
+    b = torch.where(cols, 1.0, 1 / (~cols).sum(1, keepdim=True)).to(S.dtype)
+    plan = ot.batch.bregman_log_projection_batch(log_K, a, b, max_iter=n_iter, tol=0.0)["T"]
+    return torch.where(real, plan, 0.0)[:, :L, :n]
+
+
+def descriptor_candidates(S, image_sim, top: int = 500, offset: float = 0.02,
+                          threshold: str = "mean") -> torch.Tensor:
+    """Indices into D (ascending) of the descriptors worth transporting; S: (L, |D|), image_sim: (|D|,).
+
+    A candidate is in the top `top` of every concept, and its cosine with the whole image exceeds
+    mean − offset over the candidates [reference, "mean"] or the median + offset ["percentile",
+    the paper's "0.02 above the 50th percentile"].
+    """
+    if threshold not in THRESHOLDS:
+        raise CliplabError(f"unknown candidate threshold {threshold!r}; choose one of {THRESHOLDS}")
+    S = torch.as_tensor(S, dtype=torch.float64)
+    image_sim = torch.as_tensor(image_sim, dtype=torch.float64, device=S.device)
+    top_k = S.topk(min(top, S.shape[1]), dim=1).indices
+    in_every_top = torch.zeros_like(S, dtype=torch.bool).scatter_(1, top_k, True).all(dim=0)
+    candidates = in_every_top.nonzero().squeeze(1)
+    if candidates.numel() == 0:
+        return candidates
+    sim = image_sim[candidates]
+    cut = sim.mean() - offset if threshold == "mean" else sim.quantile(0.5) + offset
+    return candidates[sim > cut]
+
+
+def select_descriptors(S, image_sim, k: int = 3, use_ot: bool = True, top: int = 500,
+                       offset: float = 0.02, threshold: str = "mean", temperature: float = 2.5,
+                       n_iter: int = 1000) -> list[list[int]]:
+    """D_v per concept: for each of the L rows of S (L, |D|), up to k descriptor indices, best first.
+
+    use_ot: candidates (descriptor_candidates) ranked by the transport plan Π [reference];
+    otherwise the plain top-k of S over the whole bank (the ablation). A concept gets fewer than k
+    descriptors when fewer candidates survive, none when none do. With a single concept every
+    descriptor's mass has one place to go, Π is flat, and S ranks the candidates instead.
+    """
+    S = torch.as_tensor(S, dtype=torch.float64)
+    if not use_ot:
+        return S.topk(min(k, S.shape[1]), dim=1).indices.tolist()
+    if S.shape[0] == 0:
+        return []
+    candidates = descriptor_candidates(S, image_sim, top, offset, threshold)
+    S_candidates = S[:, candidates]
+    score = S_candidates if S.shape[0] == 1 else sinkhorn_assignment(S_candidates, temperature, n_iter)
+    best = score.topk(min(k, candidates.numel()), dim=1).indices
+    return candidates[best].tolist()
+
+
+def assignment_entropy(selected) -> float:
+    """Entropy (nats) of the concept→descriptor assignment of one image, the paper's Table A.2 measure.
+
+    selected: per concept, the chosen descriptors (select_descriptors' output). The paper gives no
+    formula; cliplab takes the empirical distribution of the descriptors over all L·k choices, so the
+    entropy is ln(L·k) when no two concepts share a descriptor and falls as concepts collapse onto
+    the same ones, which is the redundancy OT is there to remove (0 when nothing is selected).
+    """
+    counts = torch.tensor(list(Counter(d for concept in selected for d in concept).values()),
+                          dtype=torch.float64)
+    if counts.numel() == 0:
+        return 0.0
+    p = counts / counts.sum()
+    return float(-(p * p.log()).sum())

@@ -1,0 +1,152 @@
+"""`cliplab`: run the default graph, query artifacts, open the UI, list models and datasets.
+
+    cliplab run                      # toyworld + toy CLIP + every partitioned asset for toy-vit.s0 × toyworld
+    cliplab run --model vit-b-32.openai --dataset imagenet-val
+    cliplab query zero_shot_predictions --model toy-vit.s0 --limit 5
+    cliplab ui                       # dagster dev -w workspace.yaml (DAGSTER_HOME=./.dagster_home)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def ensure_dagster_home() -> Path:
+    """DAGSTER_HOME (default ./.dagster_home) with the project's dagster.yaml in it."""
+    home = Path(os.environ.setdefault("DAGSTER_HOME", str(Path.cwd() / ".dagster_home"))).resolve()
+    os.environ["DAGSTER_HOME"] = str(home)
+    home.mkdir(parents=True, exist_ok=True)
+    src = REPO / "dagster.yaml"
+    if src.is_file() and not (home / "dagster.yaml").exists():
+        shutil.copy(src, home / "dagster.yaml")
+    return home
+
+
+def cmd_run(args) -> int:
+    from dagster import DagsterInstance
+
+    from assets.partitions import partition_key
+    from pipelines.definitions import defs, resources_from_env
+    from resources.registry import TOY_MODEL_KEY, TOYWORLD_KEY
+
+    ensure_dagster_home()
+    key = partition_key(args.model, args.dataset)  # invalid keys fail here, before anything runs
+    resources = resources_from_env(args.artifacts)
+    toy = args.model == TOY_MODEL_KEY and args.dataset == TOYWORLD_KEY
+    if not toy:
+        resources["zoo"].spec(args.model)
+        resources["datasets"].spec(args.dataset)
+    instance = DagsterInstance.get()
+    instance.add_dynamic_partitions("model", [args.model])
+    instance.add_dynamic_partitions("dataset", [args.dataset])
+    job = defs.resolve_job_def("main" if toy else "analyse")
+    run_config = {}
+    if toy and args.steps:
+        run_config = {"ops": {"toy_clip": {"config": {"steps": args.steps}}}}
+    if toy and args.n_val:
+        run_config.setdefault("ops", {})["toyworld"] = {"config": {"n_val": args.n_val}}
+    result = job.execute_in_process(instance=instance, partition_key=key, run_config=run_config,
+                                    resources=resources, raise_on_error=False)
+    root = resources["store"].uri()
+    if not result.success:
+        failure = next((e for e in result.all_events if e.is_step_failure), None)
+        msg = root_cause(failure.step_failure_data.error) if failure else "see the run's logs"
+        print(f"\ncliplab: run {result.run_id} FAILED: {msg}", file=sys.stderr)
+        return 1
+    print(f"\ncliplab: run {result.run_id} succeeded for model={args.model} dataset={args.dataset}")
+    print(f"  artifacts: {root}  (Parquet, hive layout: <asset>/model=<m>/dataset=<d>/part-0.parquet)")
+    print(f"  LanceDB:   {root}/lancedb")
+    print("  query:     cliplab query zero_shot_predictions --limit 5")
+    print("  UI:        cliplab ui   (or: DAGSTER_HOME=$PWD/.dagster_home dagster dev -w workspace.yaml)")
+    return 0
+
+
+def root_cause(error) -> str:
+    """The innermost error's message: Dagster wraps the asset's own exception in its step error."""
+    while error.cause is not None:
+        error = error.cause
+    return error.message.strip()
+
+
+def cmd_query(args) -> int:
+    import polars as pl
+
+    from pipelines.definitions import resources_from_env
+
+    store = resources_from_env(args.artifacts)["store"]
+    lf = store.scan(args.asset)
+    if args.model:
+        lf = lf.filter(pl.col("model") == args.model)
+    if args.dataset:
+        lf = lf.filter(pl.col("dataset") == args.dataset)
+    wide = [n for n, t in lf.collect_schema().items() if isinstance(t, (pl.Array, pl.List)) and n not in ("top5_class", "top5_index")]
+    df = lf.drop(wide if not args.all_columns else []).head(args.limit).collect()
+    with pl.Config(tbl_rows=args.limit, tbl_cols=20, fmt_str_lengths=40):
+        print(df)
+    return 0
+
+
+def cmd_ui(args) -> int:
+    home = ensure_dagster_home()
+    cmd = [shutil.which("dagster") or "dagster", "dev", "-w", str(REPO / "workspace.yaml"), "-h", args.host, "-p", str(args.port)]
+    print(f"cliplab: DAGSTER_HOME={home}; {' '.join(cmd)}")
+    os.chdir(REPO)
+    os.execvp(cmd[0], cmd)
+
+
+def cmd_list(args) -> int:
+    from pipelines.definitions import resources_from_env
+
+    res = resources_from_env(args.artifacts)
+    keys = res["zoo"].known_keys() if args.what == "models" else res["datasets"].known_keys()
+    print("\n".join(keys))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    from resources.registry import TOY_MODEL_KEY, TOYWORLD_KEY
+
+    p = argparse.ArgumentParser(prog="cliplab", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--artifacts", default=None, help="artifact root (default $CLIPLAB_ARTIFACTS or ./artifacts)")
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="materialise the default graph for one (model, dataset) partition")
+    r.add_argument("--model", default=TOY_MODEL_KEY)
+    r.add_argument("--dataset", default=TOYWORLD_KEY)
+    r.add_argument("--steps", type=int, default=None, help="toy CLIP training steps (toy partition only)")
+    r.add_argument("--n-val", type=int, default=None, help="toyworld val images (toy partition only)")
+    r.set_defaults(fn=cmd_run)
+    q = sub.add_parser("query", help="print rows of a materialised asset (polars)")
+    q.add_argument("asset")
+    q.add_argument("--model")
+    q.add_argument("--dataset")
+    q.add_argument("--limit", type=int, default=10)
+    q.add_argument("--all-columns", action="store_true", help="include vector columns")
+    q.set_defaults(fn=cmd_query)
+    u = sub.add_parser("ui", help="open the Dagster UI (dagster dev)")
+    u.add_argument("--host", default="127.0.0.1")
+    u.add_argument("--port", type=int, default=3000)
+    u.set_defaults(fn=cmd_ui)
+    for what in ("models", "datasets"):
+        sub.add_parser(what, help=f"list registered {what}").set_defaults(fn=cmd_list, what=what)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from cliplab.errors import CliplabError
+
+    args = parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except CliplabError as e:
+        print(f"cliplab: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

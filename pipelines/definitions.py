@@ -1,0 +1,45 @@
+"""The code location: assets, resources, jobs and the registry sensor, wired together."""
+
+from __future__ import annotations
+
+import os
+
+from dagster import AssetSelection, Definitions, define_asset_job
+
+from assets import data, encodings, toy
+from pipelines.sensors import registry_sensor
+from resources.datasets import DatasetCatalog
+from resources.lance import LanceStore
+from resources.models import ModelZoo
+from resources.store import ArtifactStore
+
+
+def resources_from_env(root: str | None = None) -> dict:
+    """Resources configured from CLIPLAB_ARTIFACTS (root folder or URI), CLIPLAB_REGISTRY, CLIPLAB_DEVICE."""
+    root = root or os.environ.get("CLIPLAB_ARTIFACTS", "./artifacts")
+    registry = os.environ.get("CLIPLAB_REGISTRY", "registry.toml")
+    return {
+        "store": ArtifactStore(root=root),
+        "lance": LanceStore(uri=f"{root.rstrip('/')}/lancedb"),
+        "zoo": ModelZoo(registry=registry, artifacts_root=root, device=os.environ.get("CLIPLAB_DEVICE", "auto")),
+        "datasets": DatasetCatalog(registry=registry, artifacts_root=root,
+                                   num_workers=int(os.environ.get("CLIPLAB_LOADER_WORKERS", "0"))),
+    }
+
+
+TOY = AssetSelection.assets(toy.toyworld, toy.toy_clip)
+PARTITIONED = AssetSelection.assets(data.dataset_manifest, data.class_text_embeddings, encodings.image_encodings)
+
+# The default graph on the embedded default: toyworld generated, the toy CLIP trained, then every
+# partitioned asset for (toy-vit.s0 × toyworld). Unpartitioned toy assets run once in the same run.
+main_job = define_asset_job("main", selection=TOY | PARTITIONED,
+                            description="toyworld + toy CLIP + all partitioned assets for one (model, dataset)")
+analyse_job = define_asset_job("analyse", selection=PARTITIONED,
+                               description="All partitioned assets for one (model, dataset) partition")
+
+defs = Definitions(
+    assets=[toy.toyworld, toy.toy_clip, data.dataset_manifest, data.class_text_embeddings, encodings.image_encodings],
+    jobs=[main_job, analyse_job],
+    sensors=[registry_sensor],
+    resources=resources_from_env(),
+)

@@ -1,0 +1,176 @@
+"""The dataset catalog: a dataset key → its manifest (images, labels, class names, templates) and image batches.
+
+toyworld is read from the `toyworld` asset's Parquet files (rendered images as PNG, ground-truth part
+maps, captions, attributes); folder datasets (imagefolder, ImageNet-val, Food-101, Places365) from disk
+through `resources.folders`. Images reach the model in batches: a torch DataLoader decodes and
+preprocesses in worker processes while the model runs.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+from dagster import ConfigurableResource
+
+from cliplab.errors import CliplabError
+from resources.folders import check_images, load_rgb, scan_folder
+from resources.registry import DatasetSpec, load_registry, validate_key
+
+TOYWORLD_ASSET = "toyworld"
+MANIFEST_COLUMNS = {"image_id": pl.String, "path": pl.String, "toy_index": pl.Int64, "label": pl.Int64, "class_name": pl.String}
+
+
+TOYWORLD_SCHEMA = pa.schema([
+    ("image_id", pa.string()), ("toy_index", pa.int64()), ("split", pa.string()), ("label", pa.int64()),
+    ("class_name", pa.string()), ("caption", pa.string()), ("attributes", pa.string()),
+    ("height", pa.int32()), ("width", pa.int32()), ("image_png", pa.binary()), ("part_map", pa.binary()),
+])
+
+
+def toyworld_table(batch, split: str) -> pa.Table:
+    """A `cliplab.toyworld.ToyBatch` as an Arrow table: PNG image bytes, raw part-map bytes, ground truth."""
+    from PIL import Image
+
+    from cliplab import toyworld
+
+    names = toyworld.class_names()
+    pngs = []
+    for img in batch.images:
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, format="PNG", compress_level=1)
+        pngs.append(buf.getvalue())
+    n, h, w = batch.part_maps.shape
+    return pa.table({
+        "image_id": [f"{split}/{i:06d}" for i in batch.indices],
+        "toy_index": pa.array(batch.indices, pa.int64()),
+        "split": [split] * n,
+        "label": pa.array(batch.labels, pa.int64()),
+        "class_name": [names[i] for i in batch.labels],
+        "caption": batch.captions,
+        "attributes": [json.dumps(a, sort_keys=True) for a in batch.attributes],
+        "height": pa.array([h] * n, pa.int32()),
+        "width": pa.array([w] * n, pa.int32()),
+        "image_png": pa.array(pngs, pa.binary()),
+        "part_map": pa.array([m.tobytes() for m in batch.part_maps], pa.binary()),
+    }, schema=TOYWORLD_SCHEMA)
+
+
+def decode_png(data: bytes):
+    from PIL import Image
+
+    return Image.open(io.BytesIO(data)).convert("RGB")
+
+
+def decode_part_maps(table: pa.Table | pl.DataFrame) -> np.ndarray:
+    """Part maps (n, H, W) uint8 from a toyworld table's `part_map`, `height`, `width` columns."""
+    df = table if isinstance(table, pl.DataFrame) else pl.from_arrow(table)
+    h, w = int(df["height"][0]), int(df["width"][0])
+    return np.frombuffer(b"".join(df["part_map"].to_list()), np.uint8).reshape(len(df), h, w)
+
+
+@dataclass
+class DatasetView:
+    """What a dataset partition is: its classes, templates and manifest (one row per usable image)."""
+
+    key: str
+    spec: DatasetSpec
+    class_names: list[str]
+    templates: list[str]
+    manifest: pl.DataFrame
+    corrupt: list[tuple[str, str]] = field(default_factory=list)
+
+
+class _Images:
+    """torch Dataset over manifest rows: decodes and preprocesses one image (runs in DataLoader workers)."""
+
+    def __init__(self, rows: list[dict], preprocess, png_by_index: dict[int, bytes] | None):
+        self.rows, self.preprocess, self.png = rows, preprocess, png_by_index
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        row = self.rows[i]
+        img = decode_png(self.png[row["toy_index"]]) if self.png is not None else load_rgb(row["path"])
+        return self.preprocess(img), i
+
+
+class DatasetCatalog(ConfigurableResource):
+    """Opens datasets by key. `on_corrupt`: "skip" (drop and list corrupt images) or "fail"."""
+
+    registry: str = "registry.toml"
+    artifacts_root: str = "./artifacts"
+    on_corrupt: str = "skip"
+    allow_empty_classes: bool = False
+    num_workers: int = 0
+
+    def spec(self, key: str) -> DatasetSpec:
+        return load_registry(self.registry).dataset(key)
+
+    def known_keys(self) -> list[str]:
+        return sorted(load_registry(self.registry).datasets)
+
+    def toyworld_path(self, split: str) -> Path:
+        return Path(self.artifacts_root) / TOYWORLD_ASSET / f"split={validate_key(split, 'split')}" / "part-0.parquet"
+
+    def open(self, key: str) -> DatasetView:
+        if self.on_corrupt not in ("skip", "fail"):
+            raise CliplabError(f"on_corrupt must be 'skip' or 'fail', not {self.on_corrupt!r}")
+        spec = self.spec(key)
+        if spec.kind == "toyworld":
+            return self._open_toyworld(spec)
+        folder = scan_folder(spec.root, spec.kind, split=spec.split or None, synsets=spec.synsets or None,
+                             allow_empty_classes=self.allow_empty_classes)
+        corrupt = check_images(folder.paths, workers=max(1, self.num_workers or 2))
+        if corrupt and self.on_corrupt == "fail":
+            listed = "; ".join(f"{p}: {why}" for p, why in corrupt[:5])
+            raise CliplabError(f"dataset {key!r}: {len(corrupt)} corrupt image(s): {listed}")
+        bad = {p for p, _ in corrupt}
+        manifest = pl.DataFrame(
+            {
+                "image_id": list(folder.image_ids),
+                "path": list(folder.paths),
+                "toy_index": [None] * len(folder.paths),
+                "label": list(folder.labels),
+                "class_name": [folder.class_names[i] for i in folder.labels],
+            },
+            schema=MANIFEST_COLUMNS,
+        ).filter(~pl.col("path").is_in(list(bad)))
+        rel = {p: i for p, i in zip(folder.paths, folder.image_ids)}
+        return DatasetView(key, spec, list(folder.class_names), list(folder.templates), manifest,
+                           [(rel[p], why) for p, why in corrupt])
+
+    def _open_toyworld(self, spec: DatasetSpec) -> DatasetView:
+        from cliplab import toyworld
+
+        split = spec.split or "val"
+        path = self.toyworld_path(split)
+        if not path.is_file():
+            raise CliplabError(f"dataset {spec.key!r}: toyworld split {split!r} not found at {path}; materialise the toyworld asset first")
+        table = pl.read_parquet(path, columns=["image_id", "toy_index", "label", "class_name"])
+        manifest = table.with_columns(pl.lit(None, pl.String).alias("path")).select(list(MANIFEST_COLUMNS)).cast(MANIFEST_COLUMNS)
+        return DatasetView(spec.key, spec, toyworld.class_names(), list(toyworld.TEMPLATES), manifest)
+
+    def image_batches(self, view: DatasetView, preprocess, batch_size: int = 64) -> Iterator[tuple[pl.DataFrame, "torch.Tensor"]]:
+        """(manifest rows, images (B, 3, H, W)) in manifest order; decoding runs in `num_workers` processes."""
+        import torch
+
+        png = None
+        if view.spec.kind == "toyworld":
+            tbl = pq.read_table(self.toyworld_path(view.spec.split or "val"), columns=["toy_index", "image_png"])
+            png = dict(zip(tbl.column("toy_index").to_pylist(), tbl.column("image_png").to_pylist()))
+        rows = view.manifest.to_dicts()
+        loader = torch.utils.data.DataLoader(
+            _Images(rows, preprocess, png), batch_size=batch_size, shuffle=False,
+            num_workers=self.num_workers, persistent_workers=False,
+        )
+        for images, idx in loader:
+            yield view.manifest[idx.tolist()], images

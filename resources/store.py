@@ -1,0 +1,130 @@
+"""Artifact store: Parquet tables in a hive layout under one root URI, written atomically.
+
+`<root>/<asset>/model=<m>/dataset=<d>/part-0.parquet` — one file per partition, so a partition is
+replaced by one rename and `pl.scan_parquet(f"{root}/<asset>/**/*.parquet", hive_partitioning=True)`
+reads every partition with `model` and `dataset` columns. Files are staged under `<root>/.staging/`
+(outside every asset's tree, so scans never see half-written data) and moved into place only when
+complete: a killed run leaves the old partition or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+from dagster import ConfigurableResource
+
+from cliplab.errors import CliplabError
+from resources.registry import validate_key
+
+STAGING = ".staging"
+
+
+def _filesystem(root: str) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path) for a local folder or any URI pyarrow understands (s3://, gs://, file://)."""
+    if "://" in root:
+        return pafs.FileSystem.from_uri(root)
+    return pafs.LocalFileSystem(), str(Path(root).resolve())
+
+
+class ArtifactStore(ConfigurableResource):
+    """Where every table lives. `root` is a folder or a URI (`s3://bucket/cliplab`)."""
+
+    root: str = "./artifacts"
+
+    def _fs(self) -> tuple[pafs.FileSystem, str]:
+        return _filesystem(self.root)
+
+    def uri(self, *parts: str) -> str:
+        """The root joined with `parts`, in the root's own form (a local path or a URI)."""
+        fs, base = self._fs()
+        joined = "/".join([base.rstrip("/"), *parts])
+        return joined if isinstance(fs, pafs.LocalFileSystem) else f"{self.root.split('://')[0]}://{joined}"
+
+    @staticmethod
+    def partition_parts(asset: str, **partition: str) -> list[str]:
+        validate_key(asset.replace("_", "-"), "asset name")
+        return [asset, *(f"{k}={validate_key(str(v), f'{k} key')}" for k, v in partition.items())]
+
+    def table_path(self, asset: str, **partition: str) -> str:
+        """Path of the one Parquet file of `asset` for `partition` (e.g. model=..., dataset=...)."""
+        fs, base = self._fs()
+        return "/".join([base.rstrip("/"), *self.partition_parts(asset, **partition), "part-0.parquet"])
+
+    def glob(self, asset: str) -> str:
+        return self.uri(asset, "**", "*.parquet")
+
+    @contextlib.contextmanager
+    def writer(self, asset: str, schema: pa.Schema, **partition: str) -> Iterator[pq.ParquetWriter]:
+        """Yield a ParquetWriter (each `write_table`/`write_batch` call = row groups); commit on exit.
+
+        On an exception the staged file is deleted and the old partition stays untouched.
+        """
+        fs, base = self._fs()
+        final = self.table_path(asset, **partition)
+        tag = "--".join(self.partition_parts(asset, **partition))
+        staging_dir = f"{base.rstrip('/')}/{STAGING}"
+        fs.create_dir(staging_dir, recursive=True)
+        self._remove_stale(fs, staging_dir, tag)
+        staged = f"{staging_dir}/{tag}--{os.getpid()}-{uuid.uuid4().hex[:8]}.parquet"
+        ok = False
+        try:
+            with pq.ParquetWriter(staged, schema, filesystem=fs, compression="zstd") as w:
+                yield w
+            ok = True
+        finally:
+            if not ok:
+                with contextlib.suppress(FileNotFoundError, OSError):
+                    fs.delete_file(staged)
+        fs.create_dir(final.rsplit("/", 1)[0], recursive=True)
+        fs.move(staged, final)  # a rename on local disks: atomic
+
+    @staticmethod
+    def _remove_stale(fs: pafs.FileSystem, staging_dir: str, tag: str) -> None:
+        """Staged files of this partition left by a killed run (same partition, any process)."""
+        for info in fs.get_file_info(pafs.FileSelector(staging_dir)):
+            if info.base_name.startswith(tag + "--"):
+                with contextlib.suppress(FileNotFoundError, OSError):
+                    fs.delete_file(info.path)
+
+    def write(self, asset: str, table: pa.Table | pl.DataFrame, **partition: str) -> str:
+        """Write a whole table atomically; return the final path."""
+        if isinstance(table, pl.DataFrame):
+            table = table.to_arrow()
+        with self.writer(asset, table.schema, **partition) as w:
+            w.write_table(table, row_group_size=max(1, min(len(table), 65536)))
+        return self.table_path(asset, **partition)
+
+    def exists(self, asset: str, **partition: str) -> bool:
+        fs, _ = self._fs()
+        return fs.get_file_info(self.table_path(asset, **partition)).type == pafs.FileType.File
+
+    def read(self, asset: str, **partition: str) -> pl.LazyFrame:
+        """One partition (all hive keys given) or every partition of `asset` matching the given keys."""
+        if not partition or len(partition) < 2:
+            lf = self.scan(asset)
+            for k, v in partition.items():
+                lf = lf.filter(pl.col(k) == v)
+            return lf
+        path = self.table_path(asset, **partition)
+        if not self.exists(asset, **partition):
+            keys = ", ".join(f"{k}={v}" for k, v in partition.items())
+            raise CliplabError(f"asset {asset!r} has no materialised partition {keys} (looked for {path})")
+        return pl.scan_parquet(path).with_columns(
+            *(pl.lit(v).alias(k) for k, v in partition.items() if k not in pl.read_parquet_schema(path))
+        )
+
+    def scan(self, asset: str) -> pl.LazyFrame:
+        """Every materialised partition of `asset`, with its hive keys as columns."""
+        fs, base = self._fs()
+        root = f"{base.rstrip('/')}/{asset}"
+        if fs.get_file_info(root).type != pafs.FileType.Directory:
+            raise CliplabError(f"asset {asset!r} has no materialised partitions under {self.uri(asset)}")
+        return pl.scan_parquet(self.glob(asset), hive_partitioning=True)
