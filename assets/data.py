@@ -24,7 +24,7 @@ def dataset_manifest(context: AssetExecutionContext, config: ManifestConfig, dat
     """One row per usable image: image_id, path (folders) or toy_index (toyworld), label, class_name."""
     model, dataset = model_and_dataset(context)
     zoo.spec(model)  # an unknown model fails here, before any work
-    view = datasets.model_copy(update={"on_corrupt": config.on_corrupt}).open(dataset)
+    view = datasets.open(dataset, on_corrupt=config.on_corrupt)
     path = store.write("dataset_manifest", view.manifest, model=model, dataset=dataset)
     if view.corrupt:
         context.log.warning(f"{len(view.corrupt)} corrupt image(s) skipped: {view.corrupt[:5]}")

@@ -104,7 +104,7 @@ def text_span_heads(
 
             t = texts[heads, best]  # (Hh, r)
             t_sq = (t * t).sum(-1, keepdim=True)
-            coef = (coords @ t.unsqueeze(-1))  # (Hh, n, 1)
+            coef = (coords @ t.unsqueeze(-1)) / t_sq.unsqueeze(-1)  # (Hh, n, 1)
             recon_coords += coef * t.unsqueeze(1)
             coords -= coef * t.unsqueeze(1)
             texts -= ((texts @ t.unsqueeze(-1)) / t_sq.unsqueeze(-1)) * t.unsqueeze(1)

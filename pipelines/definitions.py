@@ -14,10 +14,10 @@ from resources.models import ModelZoo
 from resources.store import ArtifactStore
 
 
-def resources_from_env(root: str | None = None) -> dict:
+def resources_from_env(root: str | None = None, registry: str | None = None) -> dict:
     """Resources configured from CLIPLAB_ARTIFACTS (root folder or URI), CLIPLAB_REGISTRY, CLIPLAB_DEVICE."""
     root = root or os.environ.get("CLIPLAB_ARTIFACTS", "./artifacts")
-    registry = os.environ.get("CLIPLAB_REGISTRY", "registry.toml")
+    registry = registry or os.environ.get("CLIPLAB_REGISTRY", "registry.toml")
     return {
         "store": ArtifactStore(root=root),
         "lance": LanceStore(uri=f"{root.rstrip('/')}/lancedb"),

@@ -121,16 +121,18 @@ class DatasetCatalog(ConfigurableResource):
     def toyworld_path(self, split: str) -> Path:
         return Path(self.artifacts_root) / TOYWORLD_ASSET / f"split={validate_key(split, 'split')}" / "part-0.parquet"
 
-    def open(self, key: str) -> DatasetView:
-        if self.on_corrupt not in ("skip", "fail"):
-            raise CliplabError(f"on_corrupt must be 'skip' or 'fail', not {self.on_corrupt!r}")
+    def open(self, key: str, on_corrupt: str | None = None) -> DatasetView:
+        """The dataset's view; `on_corrupt` overrides the resource's setting for this call."""
+        on_corrupt = on_corrupt or self.on_corrupt
+        if on_corrupt not in ("skip", "fail"):
+            raise CliplabError(f"on_corrupt must be 'skip' or 'fail', not {on_corrupt!r}")
         spec = self.spec(key)
         if spec.kind == "toyworld":
             return self._open_toyworld(spec)
         folder = scan_folder(spec.root, spec.kind, split=spec.split or None, synsets=spec.synsets or None,
                              allow_empty_classes=self.allow_empty_classes)
         corrupt = check_images(folder.paths, workers=max(1, self.num_workers or 2))
-        if corrupt and self.on_corrupt == "fail":
+        if corrupt and on_corrupt == "fail":
             listed = "; ".join(f"{p}: {why}" for p, why in corrupt[:5])
             raise CliplabError(f"dataset {key!r}: {len(corrupt)} corrupt image(s): {listed}")
         bad = {p for p, _ in corrupt}
