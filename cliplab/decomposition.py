@@ -86,7 +86,8 @@ def decompose_image(
     share = 1.0 / (2 * n_layers + 1)
 
     with torch.inference_mode():
-        x = visual._embeds(images.to(torch.float32))  # (B, N, width), after ln_pre
+        # open_clip's own patch + class + position embedding and ln_pre (the first half of forward).
+        x = visual._embeds(images.to(torch.float32))  # (B, N, width)
         z_pre = x[:, 0]
         head_parts, attn_cls, mlp_cls = [], [], []
         for index, block in enumerate(blocks):

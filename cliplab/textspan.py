@@ -50,7 +50,9 @@ def text_span(
     """TextSpan of one head: C (n, d) contributions, T (M, d) unit text embeddings.
 
     r: rank kept in step 1: 80 (reference) or "head_dim+3" (a head's output has rank ≤ head_dim + 3),
-        which needs ``head_dim``.
+        which needs ``head_dim``. When r exceeds the head's rank (80 > 67 for 64-dim heads) the extra
+        directions of V_r are rounding noise, and picks after the first can change with it (float16
+        storage of C does change them); r = "head_dim+3" does not have that freedom.
     """
     batched = text_span_heads(C.unsqueeze(0), T, k=k, r=r, head_dim=head_dim)
     return TextSpanResult(batched.indices[0], batched.scores[0], batched.reconstruction[0])
@@ -80,8 +82,8 @@ def text_span_heads(
 
     with torch.inference_mode():
         # Right singular vectors of C = eigenvectors of CᵀC: the (d, d) eigenproblem is much cheaper
-        # than the SVD of a tall C. The Gram matrix must be float64: in float32 it loses every
-        # direction with σ_i/σ_1 below ~1e-2, which span(V_r) must keep.
+        # than the SVD of a tall C. The Gram matrix must be float64: in float32 the directions with
+        # σ_i/σ_1 below ~1e-3 come out as noise, and span(V_r) must keep them.
         wide = C.to(torch.float64)
         eigenvectors = torch.linalg.eigh(wide.mT @ wide)[1]  # eigenvalues ascending
         del wide

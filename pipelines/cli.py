@@ -49,8 +49,9 @@ def cmd_run(args) -> int:
     run_config = {}
     if toy and args.steps:
         run_config = {"ops": {"toy_clip": {"config": {"steps": args.steps}}}}
-    if toy and args.n_val:
-        run_config.setdefault("ops", {})["toyworld"] = {"config": {"n_val": args.n_val}}
+    sizes = {k: v for k, v in (("n_train", args.n_train), ("n_val", args.n_val)) if v}
+    if toy and sizes:
+        run_config.setdefault("ops", {})["toyworld"] = {"config": sizes}
     result = job.execute_in_process(instance=instance, partition_key=key, run_config=run_config,
                                     resources=resources, raise_on_error=False)
     root = resources["store"].uri()
@@ -87,7 +88,7 @@ def cmd_query(args) -> int:
         lf = lf.filter(pl.col("dataset") == args.dataset)
     wide = [n for n, t in lf.collect_schema().items() if isinstance(t, (pl.Array, pl.List)) and n not in ("top5_class", "top5_index")]
     df = lf.drop(wide if not args.all_columns else []).head(args.limit).collect()
-    with pl.Config(tbl_rows=args.limit, tbl_cols=20, fmt_str_lengths=40):
+    with pl.Config(tbl_rows=args.limit, tbl_cols=-1, tbl_width_chars=400, fmt_str_lengths=60, fmt_table_cell_list_len=5):
         print(df)
     return 0
 
@@ -119,6 +120,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--model", default=TOY_MODEL_KEY)
     r.add_argument("--dataset", default=TOYWORLD_KEY)
     r.add_argument("--steps", type=int, default=None, help="toy CLIP training steps (toy partition only)")
+    r.add_argument("--n-train", type=int, default=None, help="toyworld train images (toy partition only)")
     r.add_argument("--n-val", type=int, default=None, help="toyworld val images (toy partition only)")
     r.set_defaults(fn=cmd_run)
     q = sub.add_parser("query", help="print rows of a materialised asset (polars)")

@@ -1,0 +1,111 @@
+"""The CLI as a user runs it (subprocesses), and the Dagster webserver serving the lineage."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+CLI = [sys.executable, "-m", "pipelines.cli"]
+
+
+def env_for(tmp_path: Path) -> dict:
+    return {**os.environ, "DAGSTER_HOME": str(tmp_path / "dh"), "CLIPLAB_ARTIFACTS": str(tmp_path / "art"), "HF_HUB_OFFLINE": "1"}
+
+
+@pytest.fixture(scope="module")
+def ran(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cli")
+    env = env_for(tmp)
+    proc = subprocess.run([*CLI, "run", "--steps", "2", "--n-train", "120", "--n-val", "48"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    return tmp, env, proc
+
+
+def test_run_prints_where_things_are(ran):
+    tmp, _, proc = ran
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"artifacts: {tmp / 'art'}" in proc.stdout
+    assert "cliplab ui" in proc.stdout
+    assert (tmp / "art/patch_features/model=toy-vit.s0/dataset=toyworld/part-0.parquet").is_file()
+
+
+def test_run_is_recorded_in_the_instance(ran):
+    from dagster import DagsterInstance
+
+    tmp, _, _ = ran
+    with DagsterInstance.from_config(str(tmp / "dh")) as instance:
+        runs = instance.get_runs()
+        assert len(runs) == 1 and runs[0].job_name == "main"
+        assert runs[0].tags["dagster/partition"] == "toyworld|toy-vit.s0"
+        assert instance.get_dynamic_partitions("model") == ["toy-vit.s0"]
+
+
+def test_query_prints_rows_with_partition_columns(ran):
+    _, env, _ = ran
+    out = subprocess.run([*CLI, "query", "zero_shot_predictions", "--limit", "3"], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "shape: (3," in out.stdout and "toy-vit.s0" in out.stdout and "toyworld" in out.stdout
+
+
+def test_models_lists_the_trained_toy(ran):
+    _, env, _ = ran
+    out = subprocess.run([*CLI, "models"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert "toy-vit.s0" in out.stdout.split() and "vit-b-32.openai" in out.stdout.split()
+
+
+def test_bad_partition_key_is_refused_before_anything_runs(tmp_path):
+    env = env_for(tmp_path)
+    out = subprocess.run([*CLI, "run", "--model", "vit|b"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert "invalid model key 'vit|b'" in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "art").exists()
+
+
+def test_unknown_model_is_refused_with_the_known_ones(tmp_path):
+    out = subprocess.run([*CLI, "run", "--model", "vit-h-14.nobody"], cwd=REPO, env=env_for(tmp_path),
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "unknown model 'vit-h-14.nobody'" in out.stderr and "toy-vit.s0" in out.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_webserver_serves_the_lineage_with_both_partition_dimensions(ran):
+    _, env, _ = ran
+    port = _free_port()
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "dagster-webserver"), "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
+        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        query = """{ assetNodes { assetKey { path } dependencyKeys { path }
+                     partitionDefinition { dimensionTypes { name } } } }"""
+        deadline, data = time.time() + 120, None
+        while time.time() < deadline:
+            try:
+                req = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", data=json.dumps({"query": query}).encode(),
+                                             headers={"Content-Type": "application/json"})
+                data = json.loads(urllib.request.urlopen(req, timeout=10).read())
+                if data.get("data", {}).get("assetNodes"):
+                    break
+            except OSError:
+                time.sleep(1)
+        nodes = {"/".join(n["assetKey"]["path"]): n for n in data["data"]["assetNodes"]}
+        assert {"toyworld", "toy_clip", "dataset_manifest", "class_text_embeddings", "zero_shot_predictions", "patch_features"} <= set(nodes)
+        dims = [d["name"] for d in nodes["patch_features"]["partitionDefinition"]["dimensionTypes"]]
+        assert sorted(dims) == ["dataset", "model"]
+        assert ["dataset_manifest"] in [d["path"] for d in nodes["patch_features"]["dependencyKeys"]]
+        assert ["toyworld"] in [d["path"] for d in nodes["toy_clip"]["dependencyKeys"]]
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
