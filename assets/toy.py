@@ -2,6 +2,7 @@
 
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from resources.store import ArtifactStore
 
 class ToyworldConfig(Config):
     seed: int = 0
-    n_train: int = 8000
+    n_train: int = 16000
     n_val: int = 1200
     image_size: int = 64
 
@@ -70,7 +71,9 @@ def toy_clip(context: AssetExecutionContext, config: ToyClipConfig, store: Artif
         if step % 50 == 0 or step == cfg.steps - 1:
             context.log.info(f"toy_clip step {step + 1}/{cfg.steps}: loss {loss:.3f}, {rate:.0f} images/s")
 
+    t0 = time.perf_counter()
     model, losses = train_toy_clip(images, train["caption"].to_list(), cfg, on_step=log)
+    seconds = time.perf_counter() - t0
     val = pl.read_parquet(datasets.toyworld_path("val"), columns=["image_png", "label"])
     with torch.inference_mode():
         from cliplab.toy_clip import toy_tokenizer
@@ -81,7 +84,8 @@ def toy_clip(context: AssetExecutionContext, config: ToyClipConfig, store: Artif
         pred, _, _ = top_k(torch.nn.functional.normalize(emb, dim=-1), weights, k=1)
     accuracy = float((pred[:, 0].numpy() == val["label"].to_numpy()).mean())
     folder = save_checkpoint(model, TOY_CLIP_CONFIG, zoo.checkpoint_dir(key), extra={
-        "train": cfg.__dict__, "val_top1": accuracy, "final_loss": losses[-1], "dataset": "toyworld"})
+        "train": cfg.__dict__, "val_top1": accuracy, "final_loss": losses[-1], "dataset": "toyworld",
+        "train_seconds": round(seconds, 1)})
     context.instance.add_dynamic_partitions("model", [key])
     context.log.info(f"toy_clip {key}: val zero-shot top-1 {accuracy:.3f}; checkpoint {folder}")
     sidecar = json.loads((folder / "open_clip_config.json").read_text())
@@ -90,6 +94,7 @@ def toy_clip(context: AssetExecutionContext, config: ToyClipConfig, store: Artif
         "val zero-shot top-1": accuracy,
         "final loss": losses[-1],
         "steps": cfg.steps,
+        "training seconds": round(seconds, 1),
         "checkpoint": MetadataValue.path(str(folder)),
         "sha256": sidecar["cliplab"]["sha256"],
         **png_metadata(plots.loss_curve(losses, f"toy CLIP {key}"), folder.parent.parent / "_figures" / f"{key}-loss.png", "loss curve"),

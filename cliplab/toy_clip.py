@@ -30,11 +30,11 @@ STD = (0.26862954, 0.26130258, 0.27577711)
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 600
-    batch_size: int = 128
-    lr: float = 1e-3
+    steps: int = 1600
+    batch_size: int = 64
+    lr: float = 2e-3
     weight_decay: float = 0.1
-    warmup: int = 40
+    warmup: int = 50
     seed: int = 0
 
 
@@ -83,7 +83,6 @@ def train_toy_clip(
     torch.manual_seed(cfg.seed)
     model = build_toy_clip(config)
     tokens = toy_tokenizer(config)(captions)  # (n, context_length), once for all steps
-    pixels = images_to_tensor(images)  # (n, 3, H, W)
     n = len(captions)
     decay = [p for name, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in name]
     no_decay = [p for name, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in name)]
@@ -100,7 +99,7 @@ def train_toy_clip(
         idx = torch.randint(0, n, (cfg.batch_size,), generator=gen)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)
-        img_f, txt_f, scale = model(pixels[idx], tokens[idx])
+        img_f, txt_f, scale = model(images_to_tensor(images[idx.numpy()]), tokens[idx])
         loss = loss_fn(img_f, txt_f, scale)
         opt.zero_grad(set_to_none=True)
         loss.backward()
