@@ -6,7 +6,7 @@ import os
 
 from dagster import AssetSelection, Definitions, define_asset_job
 
-from assets import data, encodings, toy
+from assets import concepts, data, encodings, toy
 from pipelines.sensors import registry_sensor
 from resources.datasets import DatasetCatalog
 from resources.lance import LanceStore
@@ -28,7 +28,8 @@ def resources_from_env(root: str | None = None, registry: str | None = None) -> 
 
 
 TOY = AssetSelection.assets(toy.toyworld, toy.toy_clip)
-PARTITIONED = AssetSelection.assets(data.dataset_manifest, data.class_text_embeddings, encodings.image_encodings)
+PARTITIONED = AssetSelection.assets(data.dataset_manifest, data.class_text_embeddings, encodings.image_encodings,
+                                    concepts.prominent_patches, concepts.concept_clusters)
 
 # The default graph on the embedded default: toyworld generated, the toy CLIP trained, then every
 # partitioned asset for (toy-vit.s0 × toyworld). Unpartitioned toy assets run once in the same run.
@@ -38,7 +39,8 @@ analyse_job = define_asset_job("analyse", selection=PARTITIONED,
                                description="All partitioned assets for one (model, dataset) partition")
 
 defs = Definitions(
-    assets=[toy.toyworld, toy.toy_clip, data.dataset_manifest, data.class_text_embeddings, encodings.image_encodings],
+    assets=[toy.toyworld, toy.toy_clip, data.dataset_manifest, data.class_text_embeddings, encodings.image_encodings,
+            concepts.prominent_patches, concepts.concept_clusters],
     jobs=[main_job, analyse_job],
     sensors=[registry_sensor],
     resources=resources_from_env(),

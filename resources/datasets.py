@@ -78,7 +78,8 @@ def decode_part_maps(table: pa.Table | pl.DataFrame) -> np.ndarray:
 
 @dataclass
 class DatasetView:
-    """What a dataset partition is: its classes, templates and manifest (one row per usable image)."""
+    """What a dataset partition is: its classes, templates and manifest (one row per usable image,
+    sorted by label then image_id, so every per-class step reads a contiguous run of rows)."""
 
     key: str
     spec: DatasetSpec
@@ -145,7 +146,7 @@ class DatasetCatalog(ConfigurableResource):
                 "class_name": [folder.class_names[i] for i in folder.labels],
             },
             schema=MANIFEST_COLUMNS,
-        ).filter(~pl.col("path").is_in(list(bad)))
+        ).filter(~pl.col("path").is_in(list(bad))).sort("label", "image_id")
         rel = {p: i for p, i in zip(folder.paths, folder.image_ids)}
         return DatasetView(key, spec, list(folder.class_names), list(folder.templates), manifest,
                            [(rel[p], why) for p, why in corrupt])
@@ -158,8 +159,17 @@ class DatasetCatalog(ConfigurableResource):
         if not path.is_file():
             raise CliplabError(f"dataset {spec.key!r}: toyworld split {split!r} not found at {path}; materialise the toyworld asset first")
         table = pl.read_parquet(path, columns=["image_id", "toy_index", "label", "class_name"])
-        manifest = table.with_columns(pl.lit(None, pl.String).alias("path")).select(list(MANIFEST_COLUMNS)).cast(MANIFEST_COLUMNS)
+        manifest = (table.with_columns(pl.lit(None, pl.String).alias("path")).select(list(MANIFEST_COLUMNS))
+                    .cast(MANIFEST_COLUMNS).sort("label", "image_id"))
         return DatasetView(spec.key, spec, toyworld.class_names(), list(toyworld.TEMPLATES), manifest)
+
+    def part_maps(self, key: str) -> tuple[list[str], np.ndarray] | None:
+        """(image ids, part maps (n, H, W) uint8) of a toyworld dataset; None for datasets without ground truth."""
+        spec = self.spec(key)
+        if spec.kind != "toyworld":
+            return None
+        df = pl.read_parquet(self.toyworld_path(spec.split or "val"), columns=["image_id", "part_map", "height", "width"])
+        return df["image_id"].to_list(), decode_part_maps(df)
 
     def image_batches(self, view: DatasetView, preprocess, batch_size: int = 64) -> Iterator[tuple[pl.DataFrame, "torch.Tensor"]]:
         """(manifest rows, images (B, 3, H, W)) in manifest order; decoding runs in `num_workers` processes."""

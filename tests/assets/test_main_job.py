@@ -17,7 +17,8 @@ PART = "model=toy-vit.s0/dataset=toyworld/part-0.parquet"
 
 def test_every_artifact_is_where_the_design_says(quick_root):
     root, _, _ = quick_root
-    for asset in ("dataset_manifest", "class_text_embeddings", "zero_shot_predictions", "patch_features"):
+    for asset in ("dataset_manifest", "class_text_embeddings", "zero_shot_predictions", "patch_features",
+                  "prominent_patches", "concept_clusters"):
         assert (root / asset / PART).is_file(), asset
     assert (root / "toyworld/split=train/part-0.parquet").is_file()
     assert (root / "toyworld/split=val/part-0.parquet").is_file()
