@@ -55,7 +55,8 @@ def prominent_patches(context: AssetExecutionContext, config: ProminentConfig, s
     model, dataset = model_and_dataset(context)
     path, grid, width, labels = _features(store, model, dataset)
     masks, ids = [], []
-    with store.writer("prominent_patches", PROMINENT_SCHEMA, model=model, dataset=dataset) as w:
+    schema = PROMINENT_SCHEMA.with_metadata({"facet": config.facet, "method": config.method})
+    with store.writer("prominent_patches", schema, model=model, dataset=dataset) as w:
         for label in labels:
             rows = _class_rows(path, label, ["image_id", config.facet])
             f = torch.from_numpy(rows[config.facet].to_numpy()).view(len(rows), grid[0] * grid[1], width)
@@ -64,7 +65,7 @@ def prominent_patches(context: AssetExecutionContext, config: ProminentConfig, s
             n_fg = mask.sum(axis=1)
             w.write_table(pa.table({"image_id": rows["image_id"].to_list(), "label": [label] * len(rows), "mask": mask.tolist(),
                                     "n_foreground": n_fg.astype(np.int32), "no_prominent_region": n_fg == 0},
-                                   schema=PROMINENT_SCHEMA))
+                                   schema=schema))
             masks.append(mask)
             ids += rows["image_id"].to_list()
     mask = np.concatenate(masks)
@@ -96,7 +97,7 @@ def concept_clusters(context: AssetExecutionContext, config: ConceptConfig, stor
     model, dataset = model_and_dataset(context)
     path, grid, width, labels = _features(store, model, dataset)
     masks_path = store.table_path("prominent_patches", model=model, dataset=dataset)
-    facet = "tokens"
+    facet = pq.read_schema(masks_path).metadata[b"facet"].decode()  # the features the masks were cut from
     truth = datasets.part_maps(dataset)
     parts_by_id = dict(zip(truth[0], patch_parts(truth[1], grid))) if truth is not None else None
     scored = {"pca": [], "kmeans": [], "part": []}
@@ -120,7 +121,7 @@ def concept_clusters(context: AssetExecutionContext, config: ConceptConfig, stor
                 for name, c in (("pca", pca), ("kmeans", km)):
                     scored[name].append(cluster_purity(c, part) * len(c))
                 scored["part"].append(len(part))
-    meta = {"dagster/row_count": n_rows, "L": config.L, "seed": config.seed}
+    meta = {"dagster/row_count": n_rows, "L": config.L, "seed": config.seed, "facet": facet}
     if parts_by_id is not None and sum(scored["part"]):
         for name in ("pca", "kmeans"):
             meta[f"part purity ({name})"] = float(sum(scored[name]) / sum(scored["part"]))
