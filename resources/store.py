@@ -107,19 +107,12 @@ class ArtifactStore(ConfigurableResource):
         return fs.get_file_info(self.table_path(asset, **partition)).type == pafs.FileType.File
 
     def read(self, asset: str, **partition: str) -> pl.LazyFrame:
-        """One partition (all hive keys given) or every partition of `asset` matching the given keys."""
-        if not partition or len(partition) < 2:
-            lf = self.scan(asset)
-            for k, v in partition.items():
-                lf = lf.filter(pl.col(k) == v)
-            return lf
+        """One partition (every hive key of `asset` given), with its keys as columns."""
         path = self.table_path(asset, **partition)
         if not self.exists(asset, **partition):
             keys = ", ".join(f"{k}={v}" for k, v in partition.items())
             raise CliplabError(f"asset {asset!r} has no materialised partition {keys} (looked for {path})")
-        return pl.scan_parquet(path).with_columns(
-            *(pl.lit(v).alias(k) for k, v in partition.items() if k not in pl.read_parquet_schema(path))
-        )
+        return pl.scan_parquet(path).with_columns(pl.lit(v).alias(k) for k, v in partition.items())
 
     def scan(self, asset: str) -> pl.LazyFrame:
         """Every materialised partition of `asset`, with its hive keys as columns."""

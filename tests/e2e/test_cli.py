@@ -81,12 +81,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_webserver_serves_the_lineage_with_both_partition_dimensions(ran):
+def test_cliplab_ui_serves_the_lineage_with_both_partition_dimensions(ran):
+    """`cliplab ui` (dagster dev: webserver + daemon) answers the UI's GraphQL with the asset graph."""
     _, env, _ = ran
     port = _free_port()
-    server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "dagster-webserver"), "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
-        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    env = {**env, "PATH": f"{Path(sys.executable).parent}:{env.get('PATH', '')}"}
+    server = subprocess.Popen([*CLI, "ui", "--port", str(port)], cwd=REPO, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         query = """{ assetNodes { assetKey { path } dependencyKeys { path }
                      partitionDefinition { dimensionTypes { name } } } }"""
@@ -106,6 +107,12 @@ def test_webserver_serves_the_lineage_with_both_partition_dimensions(ran):
         assert sorted(dims) == ["dataset", "model"]
         assert ["dataset_manifest"] in [d["path"] for d in nodes["patch_features"]["dependencyKeys"]]
         assert ["toyworld"] in [d["path"] for d in nodes["toy_clip"]["dependencyKeys"]]
+        runs = '{ runsOrError { ... on Runs { results { jobName tags { key value } } } } }'
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", data=json.dumps({"query": runs}).encode(),
+                                     headers={"Content-Type": "application/json"})
+        results = json.loads(urllib.request.urlopen(req, timeout=10).read())["data"]["runsOrError"]["results"]
+        assert any(r["jobName"] == "main" and {"key": "dagster/partition", "value": "toyworld|toy-vit.s0"} in r["tags"]
+                   for r in results)  # the CLI's run is in the UI's run history
     finally:
         os.killpg(server.pid, 15)
-        server.wait(timeout=30)
+        server.wait(timeout=60)
