@@ -35,13 +35,13 @@ MODEL_KINDS = ("toy", "open_clip", "checkpoint")
 DATASET_KINDS = ("toyworld", "imagefolder", "imagenet", "food101", "places365")
 
 
-def validate_key(key: str, what: str = "partition key") -> str:
-    """Return `key` if it is a safe slug, else raise a CliplabError that says what is wrong with it."""
+def validate_key(key: str, what: str = "partition key", source: str = "") -> str:
+    """Return `key` if it is a safe slug, else raise a CliplabError that says what is wrong with it (and where)."""
     if not isinstance(key, str) or not _SLUG.match(key) or ".." in key:
         bad = sorted({c for c in str(key) if not re.match(r"[a-z0-9._-]", c)})
         detail = f" (forbidden characters: {' '.join(repr(c) for c in bad)})" if bad else ""
         raise CliplabError(
-            f"invalid {what} {key!r}{detail}: use 1-80 lower-case letters, digits, '.', '-', '_', "
+            f"invalid {what} {key!r}{f' in {source}' if source else ''}{detail}: use 1-80 lower-case letters, digits, '.', '-', '_', "
             "starting with a letter or digit, no '..' (e.g. 'vit-b-32.openai')"
         )
     return key
@@ -94,7 +94,7 @@ class Registry:
 
 
 def _model_spec(key: str, entry: dict, source: str) -> ModelSpec:
-    validate_key(key, f"model key in {source}")
+    validate_key(key, "model key", source)
     entry = dict(entry)
     kind = entry.pop("kind", None)
     if kind not in MODEL_KINDS:
@@ -109,7 +109,7 @@ def _model_spec(key: str, entry: dict, source: str) -> ModelSpec:
 
 
 def _dataset_spec(key: str, entry: dict, source: str) -> DatasetSpec:
-    validate_key(key, f"dataset key in {source}")
+    validate_key(key, "dataset key", source)
     entry = dict(entry)
     kind = entry.pop("kind", None)
     if kind not in DATASET_KINDS:
