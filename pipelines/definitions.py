@@ -6,16 +6,18 @@ import os
 
 from dagster import AssetSelection, Definitions, define_asset_job
 
-from assets import concepts, data, encodings, toy
+from assets import concepts, data, descriptors, encodings, toy
 from pipelines.sensors import registry_sensor
 from resources.datasets import DatasetCatalog
 from resources.lance import LanceStore
 from resources.models import ModelZoo
+from resources.reference_data import ReferenceData
 from resources.store import ArtifactStore
 
 
 def resources_from_env(root: str | None = None, registry: str | None = None) -> dict:
-    """Resources configured from CLIPLAB_ARTIFACTS (root folder or URI), CLIPLAB_REGISTRY, CLIPLAB_DEVICE."""
+    """Resources configured from CLIPLAB_ARTIFACTS (root folder or URI), CLIPLAB_REGISTRY, CLIPLAB_DEVICE,
+    CLIPLAB_REFERENCE_DIR (a folder laid out like shared/data holding the published reference files)."""
     root = root or os.environ.get("CLIPLAB_ARTIFACTS", "./artifacts")
     registry = registry or os.environ.get("CLIPLAB_REGISTRY", "registry.toml")
     return {
@@ -24,12 +26,14 @@ def resources_from_env(root: str | None = None, registry: str | None = None) -> 
         "zoo": ModelZoo(registry=registry, artifacts_root=root, device=os.environ.get("CLIPLAB_DEVICE", "auto")),
         "datasets": DatasetCatalog(registry=registry, artifacts_root=root,
                                    num_workers=int(os.environ.get("CLIPLAB_LOADER_WORKERS", "0"))),
+        "reference": ReferenceData(cache_dir=f"{root.rstrip('/')}/reference",
+                                   local_dir=os.environ.get("CLIPLAB_REFERENCE_DIR", "")),
     }
 
 
 TOY = AssetSelection.assets(toy.toyworld, toy.toy_clip)
 PARTITIONED = AssetSelection.assets(data.dataset_manifest, data.class_text_embeddings, encodings.image_encodings,
-                                    concepts.prominent_patches, concepts.concept_clusters)
+                                    concepts.prominent_patches, concepts.concept_clusters, descriptors.descriptor_embeddings)
 
 # The default graph on the embedded default: toyworld generated, the toy CLIP trained, then every
 # partitioned asset for (toy-vit.s0 × toyworld). Unpartitioned toy assets run once in the same run.
@@ -40,7 +44,7 @@ analyse_job = define_asset_job("analyse", selection=PARTITIONED,
 
 defs = Definitions(
     assets=[toy.toyworld, toy.toy_clip, data.dataset_manifest, data.class_text_embeddings, encodings.image_encodings,
-            concepts.prominent_patches, concepts.concept_clusters],
+            concepts.prominent_patches, concepts.concept_clusters, descriptors.descriptor_embeddings],
     jobs=[main_job, analyse_job],
     sensors=[registry_sensor],
     resources=resources_from_env(),
