@@ -5,6 +5,7 @@ import polars as pl
 import pyarrow as pa
 from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
 
+from assets._arrow import vectors
 from assets.partitions import model_and_dataset, model_dataset
 from assets.toy import toyworld
 from cliplab.zeroshot import class_embeddings
@@ -54,7 +55,7 @@ def class_text_embeddings(context: AssetExecutionContext, datasets: DatasetCatal
         "class_index": pa.array(range(k), pa.int64()),
         "class_name": view.class_names,
         "n_templates": pa.array([len(view.templates)] * k, pa.int32()),
-        "vector": pa.FixedSizeListArray.from_arrays(pa.array(weights.cpu().numpy().ravel(), pa.float32()), d),
+        "vector": vectors(weights.cpu().numpy()),
     })
     path = store.write("class_text_embeddings", table.drop_columns(["model", "dataset"]), model=model, dataset=dataset)
     lance.replace_partition("class_text_embeddings", table, model, dataset, key="class_index")

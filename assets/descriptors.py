@@ -1,9 +1,12 @@
 """descriptor_embeddings: the dataset's descriptor bank D encoded by the model (LanceDB), mutual knowledge's D."""
 
-import numpy as np
+import json
+from pathlib import Path
+
 import pyarrow as pa
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
+from assets._arrow import vectors
 from assets.partitions import model_and_dataset, model_dataset
 from cliplab import toyworld as tw
 from cliplab.descriptors import descriptor_bank
@@ -19,13 +22,24 @@ PHOTO_TEMPLATE = "a photo showing {}"
 PUBLISHED = {"imagenet": "imagenet", "places365": "places365", "food101": "food101"}
 
 
-def bank_for(kind: str, reference: ReferenceData):
-    if kind == "toyworld":
+def bank_for(spec, reference: ReferenceData):
+    """D of a dataset: the registry entry's own `descriptors = "file.json"`, toyworld's, or the published bank."""
+    if spec.options.get("descriptors"):
+        path = Path(spec.options["descriptors"])
+        if not path.is_file():
+            raise CliplabError(f"dataset {spec.key!r}: descriptor file {path} does not exist")
+        try:
+            per_class = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise CliplabError(f"dataset {spec.key!r}: descriptor file {path} is not JSON ({e})") from None
+        return descriptor_bank(per_class)
+    if spec.kind == "toyworld":
         return descriptor_bank(tw.descriptors())
-    if kind in PUBLISHED:
-        return reference.descriptor_bank(PUBLISHED[kind])
-    raise CliplabError(f"no descriptor bank for datasets of kind {kind!r}: published banks exist for "
-                       f"{', '.join(sorted(PUBLISHED))} (and toyworld has its own)")
+    if spec.kind in PUBLISHED:
+        return reference.descriptor_bank(PUBLISHED[spec.kind])
+    raise CliplabError(f"dataset {spec.key!r} has no descriptor bank: published banks exist for "
+                       f"{', '.join(sorted(PUBLISHED))} folders; for others add descriptors = \"<file>.json\" "
+                       "({class name: [descriptor, ...]}) to its registry entry")
 
 
 @asset(partitions_def=model_dataset, deps=["dataset_manifest"], group_name="mutual_knowledge", kinds={"lancedb"})
@@ -35,19 +49,18 @@ def descriptor_embeddings(context: AssetExecutionContext, datasets: DatasetCatal
     import torch
 
     model, dataset = model_and_dataset(context)
-    bank = bank_for(datasets.spec(dataset).kind, reference)
+    bank = bank_for(datasets.spec(dataset), reference)
     m = zoo.load(model)
     encode = lambda t: m.model.encode_text(t.to(m.device))
     with torch.inference_mode():
         raw = class_embeddings(encode, m.tokenizer, list(bank.descriptors), ["{}"]).cpu().numpy()
         photo = class_embeddings(encode, m.tokenizer, list(bank.descriptors), [PHOTO_TEMPLATE]).cpu().numpy()
     n, d = raw.shape
-    vec = lambda a: pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(a, np.float32).ravel()), d)
     table = pa.table({
         "model": [model] * n, "dataset": [dataset] * n,
         "descriptor_index": pa.array(range(n), pa.int64()), "descriptor": list(bank.descriptors),
         "classes": pa.array([list(c) for c in bank.classes], pa.list_(pa.int32())),
-        "vector": vec(raw), "vector_photo": vec(photo),
+        "vector": vectors(raw), "vector_photo": vectors(photo),
     })
     lance.replace_partition("descriptor_embeddings", table, model, dataset, key="descriptor_index")
     context.log.info(f"descriptor bank of {dataset}: {n} unique descriptors encoded by {model}")

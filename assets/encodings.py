@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 from dagster import AssetExecutionContext, AssetOut, Config, MaterializeResult, MetadataValue, Output, multi_asset
 
+from assets._arrow import vectors
 from assets._report import Progress, png_metadata
 from assets.data import class_text_embeddings, dataset_manifest, read_class_weights
 from assets.partitions import model_and_dataset, model_dataset
@@ -27,12 +28,6 @@ TOP_K = 5
 
 class EncodeConfig(Config):
     batch_size: int = 64
-
-
-def _fixed(values: np.ndarray) -> pa.FixedSizeListArray:
-    """(B, ...) float array → one fixed-size float32 list per row."""
-    flat = np.ascontiguousarray(values, dtype=np.float32).reshape(len(values), -1)
-    return pa.FixedSizeListArray.from_arrays(pa.array(flat.ravel(), pa.float32()), flat.shape[1])
 
 
 def features_schema(n: int, c: int, d: int, grid: tuple[int, int]) -> pa.Schema:
@@ -111,8 +106,8 @@ def image_encodings(context: AssetExecutionContext, config: EncodeConfig, datase
                     sample = (images[:6].float().cpu(), f.tokens[:6].cpu().numpy(), f.grid)
                 feats.write_table(pa.table({
                     "image_id": rows["image_id"].to_list(), "label": labels,
-                    "tokens": _fixed(f.tokens.cpu().numpy()), "keys": _fixed(f.keys.cpu().numpy()),
-                    "cls": _fixed(f.cls.cpu().numpy()), "embedding": _fixed(f.embedding.cpu().numpy()),
+                    "tokens": vectors(f.tokens.cpu().numpy()), "keys": vectors(f.keys.cpu().numpy()),
+                    "cls": vectors(f.cls.cpu().numpy()), "embedding": vectors(f.embedding.cpu().numpy()),
                 }, schema=feats.schema))
             progress.update(len(rows))
     progress.close()

@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 from dagster import AssetExecutionContext, AssetKey, Config, MaterializeResult, MetadataValue, asset
 
+from assets._arrow import vectors
 from assets._report import Progress
 from assets.partitions import model_and_dataset, model_dataset
 from cliplab.decomposition import decompose_image
@@ -32,15 +33,9 @@ class HeadConfig(Config):
     batch_size: int = 32
 
 
-def _fixed(values: np.ndarray, d: int) -> pa.FixedSizeListArray:
-    """(..., d) float array → one fixed-size float32 list of length d per row."""
-    flat = np.ascontiguousarray(values, dtype=np.float32).reshape(-1, d)
-    return pa.FixedSizeListArray.from_arrays(pa.array(flat.ravel(), pa.float32()), d)
-
-
 def _nested(values: np.ndarray, n: int, d: int) -> pa.FixedSizeListArray:
     """(B, n, d) → one (n × d) fixed-size list of fixed-size lists per row."""
-    return pa.FixedSizeListArray.from_arrays(_fixed(values, d), n)
+    return pa.FixedSizeListArray.from_arrays(vectors(values, d), n)
 
 
 def head_terms_schema(d: int, n_layers: int, layers: tuple[int, ...], rest_layers: tuple[int, ...], n_heads: int) -> pa.Schema:
@@ -92,11 +87,11 @@ def head_contributions(context: AssetExecutionContext, config: HeadConfig, datas
                 context.log.info(f"decomposition check, first batch: max |Σ parts − e| = {err:.3g}")
             n_rest = dec.rest.shape[1]
             terms.write_table(pa.table({
-                "image_id": ids, "ln_pre": _fixed(dec.ln_pre.cpu().numpy(), d),
+                "image_id": ids, "ln_pre": vectors(dec.ln_pre.cpu().numpy(), d),
                 "mlps": _nested(dec.mlps.cpu().numpy(), dec.mlps.shape[1], d),
                 "rest": pa.ListArray.from_arrays(pa.array(np.arange(b + 1, dtype=np.int32) * n_rest),
-                                                 _fixed(dec.rest.cpu().numpy(), d)),
-                "embedding": _fixed(dec.embedding.cpu().numpy(), d),
+                                                 vectors(dec.rest.cpu().numpy(), d)),
+                "embedding": vectors(dec.embedding.cpu().numpy(), d),
             }, schema=terms.schema))
             image_id = np.repeat(np.array(ids, dtype=object), lk * n_heads)
             layer = np.tile(np.repeat(np.array(dec.layers, dtype=np.int32), n_heads), b)
@@ -107,7 +102,7 @@ def head_contributions(context: AssetExecutionContext, config: HeadConfig, datas
                 "cell": pa.array([f"{i}|{l}|{h}" for i, l, h in zip(image_id, layer, head)], pa.string()),
                 "layer": pa.array(layer, pa.int32()), "head": pa.array(head, pa.int32()),
                 "image_id": pa.array(image_id.tolist(), pa.string()),
-                "vector": _fixed(dec.heads.cpu().numpy(), d),
+                "vector": vectors(dec.heads.cpu().numpy(), d),
             }))
             progress.update(len(ids))
     progress.close()

@@ -6,7 +6,7 @@ import os
 
 from dagster import AssetSelection, Definitions, define_asset_job
 
-from assets import concepts, data, descriptors, encodings, toy
+from assets import concepts, data, descriptors, encodings, heads, toy
 from pipelines.sensors import registry_sensor
 from resources.datasets import DatasetCatalog
 from resources.lance import LanceStore
@@ -33,19 +33,28 @@ def resources_from_env(root: str | None = None, registry: str | None = None) -> 
 
 TOY = AssetSelection.assets(toy.toyworld, toy.toy_clip)
 PARTITIONED = AssetSelection.assets(data.dataset_manifest, data.class_text_embeddings, encodings.image_encodings,
-                                    concepts.prominent_patches, concepts.concept_clusters, descriptors.descriptor_embeddings)
+                                    concepts.prominent_patches, concepts.concept_clusters)
 
 # The default graph on the embedded default: toyworld generated, the toy CLIP trained, then every
 # partitioned asset for (toy-vit.s0 × toyworld). Unpartitioned toy assets run once in the same run.
-main_job = define_asset_job("main", selection=TOY | PARTITIONED,
+main_job = define_asset_job("main", selection=TOY | PARTITIONED | AssetSelection.assets(descriptors.descriptor_embeddings),
                             description="toyworld + toy CLIP + all partitioned assets for one (model, dataset)")
 analyse_job = define_asset_job("analyse", selection=PARTITIONED,
                                description="All partitioned assets for one (model, dataset) partition")
 
+# ViT only (a ResNet has no heads), so not part of `analyse`: materialise per partition or with this job.
+heads_job = define_asset_job("heads", selection=AssetSelection.assets(heads.head_contributions),
+                             description="Per-head direct contributions (LanceDB) for one ViT (model, dataset)")
+
+# Needs a descriptor bank (toyworld's, a published one, or the registry entry's `descriptors` file).
+descriptors_job = define_asset_job("descriptors", selection=AssetSelection.assets(descriptors.descriptor_embeddings),
+                                   description="The dataset's descriptor bank encoded by one model (LanceDB)")
+
 defs = Definitions(
     assets=[toy.toyworld, toy.toy_clip, data.dataset_manifest, data.class_text_embeddings, encodings.image_encodings,
-            concepts.prominent_patches, concepts.concept_clusters, descriptors.descriptor_embeddings],
-    jobs=[main_job, analyse_job],
+            concepts.prominent_patches, concepts.concept_clusters, descriptors.descriptor_embeddings,
+            heads.head_contributions],
+    jobs=[main_job, analyse_job, heads_job, descriptors_job],
     sensors=[registry_sensor],
     resources=resources_from_env(),
 )

@@ -29,7 +29,11 @@ def test_toyworld_bank(quick_root):
 
 
 def test_imagenet_folder_uses_the_published_bank(quick_root, tmp_path, monkeypatch):
-    src, instance, _ = quick_root
+    from dagster import DagsterInstance
+
+    src, _, _ = quick_root
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("model", ["toy-vit.s0"])
     root = tmp_path / "artifacts"
     shutil.copytree(src / "checkpoints", root / "checkpoints")
     val = tmp_path / "imagenet" / "val"
@@ -50,3 +54,23 @@ def test_imagenet_folder_uses_the_published_bank(quick_root, tmp_path, monkeypat
     assert rows.height == 4229 and set(rows["dataset"]) == {"inet"}
     meta = res.asset_materializations_for_node("descriptor_embeddings")[0].metadata
     assert meta["descriptors shared by several classes"].value == 500
+
+
+def test_own_descriptor_file_and_missing_bank(tmp_path):
+    import json
+
+    import pytest
+
+    from cliplab.errors import CliplabError
+    from resources.reference_data import ReferenceData
+    from resources.registry import load_registry
+
+    (tmp_path / "d.json").write_text(json.dumps({"cat": ["whiskers", "fur"], "dog": ["fur", "a wagging tail"]}))
+    reg = tmp_path / "r.toml"
+    reg.write_text(f'[datasets.pets]\nkind = "imagefolder"\nroot = "/x"\ndescriptors = "{tmp_path / "d.json"}"\n'
+                   '[datasets.plain]\nkind = "imagefolder"\nroot = "/x"\n')
+    registry, ref = load_registry(reg), ReferenceData(cache_dir=str(tmp_path))
+    bank = descriptors.bank_for(registry.dataset("pets"), ref)
+    assert bank.descriptors == ("whiskers", "fur", "a wagging tail") and bank.classes[1] == (0, 1)
+    with pytest.raises(CliplabError, match="dataset 'plain' has no descriptor bank.*descriptors ="):
+        descriptors.bank_for(registry.dataset("plain"), ref)
