@@ -1,7 +1,6 @@
 """dataset_manifest → class_text_embeddings: what a (model, dataset) partition analyses, and its classifier."""
 
 
-import polars as pl
 import pyarrow as pa
 from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
 

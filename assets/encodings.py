@@ -10,7 +10,7 @@ import contextlib
 
 import numpy as np
 import pyarrow as pa
-from dagster import AssetExecutionContext, AssetOut, Config, MaterializeResult, MetadataValue, Output, multi_asset
+from dagster import AssetExecutionContext, AssetOut, Config, MetadataValue, Output, multi_asset
 
 from assets._arrow import vectors
 from assets._report import Progress, png_metadata

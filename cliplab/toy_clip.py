@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -110,7 +110,3 @@ def train_toy_clip(
         if on_step is not None:
             on_step(step, losses[-1], (step + 1) * cfg.batch_size / (time.perf_counter() - t0))
     return model.eval(), losses
-
-
-def config_dict(cfg: TrainConfig) -> dict:
-    return asdict(cfg)

@@ -13,6 +13,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
@@ -23,6 +24,9 @@ from dagster import ConfigurableResource
 from cliplab.errors import CliplabError
 from resources.folders import check_images, load_rgb, scan_folder
 from resources.registry import DatasetSpec, load_registry, validate_key
+
+if TYPE_CHECKING:
+    import torch
 
 TOYWORLD_ASSET = "toyworld"
 MANIFEST_COLUMNS = {"image_id": pl.String, "path": pl.String, "toy_index": pl.Int64, "label": pl.Int64, "class_name": pl.String}

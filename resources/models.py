@@ -227,7 +227,6 @@ class ModelZoo(ConfigurableResource):
 
     def _load(self, spec: ModelSpec, device: str) -> LoadedModel:
         import open_clip
-        import torch
 
         mean, std = open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD
         if spec.kind == "toy":

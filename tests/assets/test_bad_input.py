@@ -2,7 +2,6 @@
 
 import os
 import pickle
-import re
 import shutil
 import signal
 import subprocess

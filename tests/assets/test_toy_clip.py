@@ -2,9 +2,7 @@
 
 import hashlib
 
-import numpy as np
 import pytest
-import torch
 
 from cliplab import toyworld
 from cliplab.toy_clip import TrainConfig, train_toy_clip
