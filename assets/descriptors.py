@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 import pyarrow as pa
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
 
 from assets._arrow import vectors
 from assets.partitions import model_and_dataset, model_dataset
@@ -16,6 +16,7 @@ from resources.datasets import DatasetCatalog
 from resources.lance import LanceStore
 from resources.models import ModelZoo
 from resources.reference_data import ReferenceData
+from resources.store import ArtifactStore
 
 PHOTO_TEMPLATE = "a photo showing {}"
 # dataset kind → published descriptor file (`resources.reference_data`)
@@ -70,3 +71,51 @@ def descriptor_embeddings(context: AssetExecutionContext, datasets: DatasetCatal
         "templates": MetadataValue.json(["{}", PHOTO_TEMPLATE]),
         "lancedb table": f"{lance.uri}/descriptor_embeddings",
     })
+
+
+class ClassDescriptorConfig(Config):
+    u: int = 50  # the paper's u for MI; its Venn figure uses the first 15
+    template: str = "none"  # descriptor embeddings: "none" (raw text) or "photo" ("a photo showing {d}")
+
+
+CLASS_DESCRIPTOR_SCHEMA = pa.schema([
+    ("class_index", pa.int64()), ("class_name", pa.string()), ("rank", pa.int32()),
+    ("descriptor_index", pa.int64()), ("descriptor", pa.string()), ("cosine", pa.float32()),
+])
+
+
+@asset(partitions_def=model_dataset, deps=[descriptor_embeddings, "class_text_embeddings"],
+       group_name="mutual_knowledge", kinds={"parquet"})
+def class_descriptors(context: AssetExecutionContext, config: ClassDescriptorConfig, store: ArtifactStore,
+                      lance: LanceStore) -> MaterializeResult:
+    """D_ŷ per class: the u descriptors of D nearest the class text embedding, ranked by cosine."""
+    import numpy as np
+    import polars as pl
+
+    if config.template not in ("none", "photo"):
+        raise CliplabError(f"template must be 'none' or 'photo', not {config.template!r}")
+    model, dataset = model_and_dataset(context)
+    column = "vector" if config.template == "none" else "vector_photo"
+    bank = (lance.table("descriptor_embeddings").to_polars()
+            .filter((pl.col("model") == model) & (pl.col("dataset") == dataset))
+            .select("descriptor_index", "descriptor", column).sort("descriptor_index").collect())
+    if bank.is_empty():
+        raise CliplabError(f"descriptor_embeddings has no rows for model={model}, dataset={dataset}: materialise it first")
+    classes = store.read("class_text_embeddings", model=model, dataset=dataset).sort("class_index").collect()
+    w = classes["vector"].to_numpy().astype(np.float32)  # (K, D)
+    d = bank[column].to_numpy().astype(np.float32)  # (|D|, D)
+    u = min(config.u, len(bank))
+    cos = w @ d.T  # (K, |D|) both sides unit norm
+    top = np.argsort(-cos, axis=1, kind="stable")[:, :u]  # (K, u)
+    k = len(classes)
+    table = pa.table({
+        "class_index": np.repeat(classes["class_index"].to_numpy(), u),
+        "class_name": np.repeat(classes["class_name"].to_numpy(), u),
+        "rank": np.tile(np.arange(u, dtype=np.int32), k),
+        "descriptor_index": bank["descriptor_index"].to_numpy()[top].ravel(),
+        "descriptor": bank["descriptor"].to_numpy()[top].ravel(),
+        "cosine": np.take_along_axis(cos, top, axis=1).ravel().astype(np.float32),
+    }, schema=CLASS_DESCRIPTOR_SCHEMA)
+    path = store.write("class_descriptors", table, model=model, dataset=dataset)
+    return MaterializeResult(metadata={"dagster/row_count": len(table), "u": u, "template": config.template,
+                                       "classes": k, "path": MetadataValue.path(path)})

@@ -37,7 +37,8 @@ PARTITIONED = AssetSelection.assets(data.dataset_manifest, data.class_text_embed
 
 # The default graph on the embedded default: toyworld generated, the toy CLIP trained, then every
 # partitioned asset for (toy-vit.s0 × toyworld). Unpartitioned toy assets run once in the same run.
-main_job = define_asset_job("main", selection=TOY | PARTITIONED | AssetSelection.assets(descriptors.descriptor_embeddings),
+DESCRIPTORS = AssetSelection.assets(descriptors.descriptor_embeddings, descriptors.class_descriptors)
+main_job = define_asset_job("main", selection=TOY | PARTITIONED | DESCRIPTORS,
                             description="toyworld + toy CLIP + all partitioned assets for one (model, dataset)")
 analyse_job = define_asset_job("analyse", selection=PARTITIONED,
                                description="All partitioned assets for one (model, dataset) partition")
@@ -47,12 +48,13 @@ heads_job = define_asset_job("heads", selection=AssetSelection.assets(heads.head
                              description="Per-head direct contributions (LanceDB) for one ViT (model, dataset)")
 
 # Needs a descriptor bank (toyworld's, a published one, or the registry entry's `descriptors` file).
-descriptors_job = define_asset_job("descriptors", selection=AssetSelection.assets(descriptors.descriptor_embeddings),
-                                   description="The dataset's descriptor bank encoded by one model (LanceDB)")
+descriptors_job = define_asset_job("descriptors", selection=DESCRIPTORS,
+                                   description="The dataset's descriptor bank encoded by one model (LanceDB) and D_ŷ per class")
 
 defs = Definitions(
     assets=[toy.toyworld, toy.toy_clip, data.dataset_manifest, data.class_text_embeddings, encodings.image_encodings,
             concepts.prominent_patches, concepts.concept_clusters, descriptors.descriptor_embeddings,
+            descriptors.class_descriptors,
             heads.head_contributions],
     jobs=[main_job, analyse_job, heads_job, descriptors_job],
     sensors=[registry_sensor],

@@ -74,3 +74,21 @@ def test_own_descriptor_file_and_missing_bank(tmp_path):
     assert bank.descriptors == ("whiskers", "fur", "a wagging tail") and bank.classes[1] == (0, 1)
     with pytest.raises(CliplabError, match="dataset 'plain' has no descriptor bank.*descriptors ="):
         descriptors.bank_for(registry.dataset("plain"), ref)
+
+
+def test_class_descriptors_are_the_nearest_descriptors(quick_root):
+    import polars as pl
+
+    root, _, result = quick_root
+    cd = pl.read_parquet(root / "class_descriptors/model=toy-vit.s0/dataset=toyworld/part-0.parquet")
+    bank = LanceStore(uri=str(root / "lancedb")).table("descriptor_embeddings").to_polars().collect().sort("descriptor_index")
+    classes = pl.read_parquet(root / "class_text_embeddings/model=toy-vit.s0/dataset=toyworld/part-0.parquet")
+    u = min(50, bank.height)
+    assert cd.height == 12 * u
+    cos = classes["vector"].to_numpy() @ bank["vector"].to_numpy().T
+    for k in (0, 7):
+        rows = cd.filter(pl.col("class_index") == k).sort("rank")
+        assert rows["rank"].to_list() == list(range(u))
+        assert rows["descriptor_index"].to_list() == list(np.argsort(-cos[k], kind="stable")[:u])
+        np.testing.assert_allclose(rows["cosine"].to_numpy(), np.sort(cos[k])[::-1][:u], atol=1e-6)
+        assert rows["descriptor"].to_list() == [bank["descriptor"][i] for i in rows["descriptor_index"]]
