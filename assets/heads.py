@@ -22,6 +22,7 @@ from cliplab.errors import CliplabError
 from resources.datasets import DatasetCatalog
 from resources.lance import LanceStore
 from resources.models import ModelZoo
+from resources.reference_data import ReferenceData
 from resources.store import ArtifactStore
 
 TABLE = "head_contributions"
@@ -121,3 +122,38 @@ def head_contributions(context: AssetExecutionContext, config: HeadConfig, datas
         "lancedb table": f"{lance.uri}/{TABLE}",
         "head_terms path": MetadataValue.path(store.table_path("head_terms", model=model, dataset=dataset)),
     })
+
+
+TEXT_BANKS = ("image_descriptions_general", "google_3498_english")  # TextSpan's bank and its size-matched word control
+
+
+@asset(partitions_def=model_dataset, group_name="head_spans", kinds={"lancedb"})
+def text_bank_embeddings(context: AssetExecutionContext, datasets: DatasetCatalog, zoo: ModelZoo,
+                         reference: ReferenceData, lance: LanceStore) -> MaterializeResult:
+    """Unit text embeddings (no template) of the TextSpan banks, plus toyworld's phrase bank with its attribute families."""
+    import torch
+
+    from cliplab import toyworld
+    from cliplab.zeroshot import class_embeddings
+
+    model, dataset = model_and_dataset(context)
+    banks = {name: [(t, "") for t in reference.lines(name)] for name in TEXT_BANKS}
+    if datasets.spec(dataset).kind == "toyworld":
+        banks["toyworld_phrases"] = toyworld.phrase_bank()
+    m = zoo.load(model)
+    rows = []
+    with torch.inference_mode():
+        for name, entries in banks.items():
+            texts = [t for t, _ in entries]
+            emb = class_embeddings(lambda t: m.model.encode_text(t.to(m.device)), m.tokenizer, texts, ["{}"]).cpu().numpy()
+            rows.append(pa.table({
+                "model": [model] * len(texts), "dataset": [dataset] * len(texts), "bank": [name] * len(texts),
+                "text_index": pa.array(range(len(texts)), pa.int64()), "text": texts,
+                "family": [f for _, f in entries], "vector": vectors(emb),
+            }))
+    table = pa.concat_tables(rows)
+    table = table.append_column("entry", pa.array([f"{b}|{i}" for b, i in zip(table["bank"].to_pylist(), table["text_index"].to_pylist())]))
+    lance.replace_partition("text_bank_embeddings", table, model, dataset, key="entry")
+    return MaterializeResult(metadata={"dagster/row_count": len(table),
+                                       "banks": MetadataValue.json({n: len(e) for n, e in banks.items()}),
+                                       "lancedb table": f"{lance.uri}/text_bank_embeddings"})

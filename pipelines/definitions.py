@@ -44,8 +44,8 @@ analyse_job = define_asset_job("analyse", selection=PARTITIONED,
                                description="All partitioned assets for one (model, dataset) partition")
 
 # ViT only (a ResNet has no heads), so not part of `analyse`: materialise per partition or with this job.
-heads_job = define_asset_job("heads", selection=AssetSelection.assets(heads.head_contributions),
-                             description="Per-head direct contributions (LanceDB) for one ViT (model, dataset)")
+heads_job = define_asset_job("heads", selection=AssetSelection.assets(heads.head_contributions, heads.text_bank_embeddings),
+                             description="Per-head direct contributions and the text banks (LanceDB) for one ViT (model, dataset)")
 
 # Needs a descriptor bank (toyworld's, a published one, or the registry entry's `descriptors` file).
 descriptors_job = define_asset_job("descriptors", selection=DESCRIPTORS,
@@ -55,7 +55,7 @@ defs = Definitions(
     assets=[toy.toyworld, toy.toy_clip, data.dataset_manifest, data.class_text_embeddings, encodings.image_encodings,
             concepts.prominent_patches, concepts.concept_clusters, descriptors.descriptor_embeddings,
             descriptors.class_descriptors,
-            heads.head_contributions],
+            heads.head_contributions, heads.text_bank_embeddings],
     jobs=[main_job, analyse_job, heads_job, descriptors_job],
     sensors=[registry_sensor],
     resources=resources_from_env(),

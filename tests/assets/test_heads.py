@@ -1,6 +1,7 @@
 """head_contributions materialised on a copy of the quick toyworld run: rows, exactness, re-runs, NN queries."""
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -197,3 +198,34 @@ def test_resnet_model_fails_the_partition_with_a_clear_message(heads_root):
     failure = next(e for e in result.all_events if e.is_step_failure)
     assert "ResNet CLIP image towers have no per-layer attention heads" in str(failure.event_specific_data.error)
     assert len(_rows(root)) == before  # the old partition is untouched
+
+
+def test_text_bank_embeddings(quick_root, tmp_path, monkeypatch):
+    """The two published banks (3,498 each, from ../shared/data) and toyworld's phrase bank, one LanceDB commit."""
+    from dagster import DagsterInstance, materialize
+
+    from assets.heads import text_bank_embeddings
+    from assets.partitions import partition_key
+    from cliplab import toyworld
+    from pipelines.definitions import resources_from_env
+    from resources.lance import LanceStore
+
+    src, _, _ = quick_root
+    root = tmp_path / "art"
+    shutil.copytree(src / "checkpoints", root / "checkpoints")
+    shutil.copytree(src / "toyworld", root / "toyworld")
+    monkeypatch.setenv("CLIPLAB_REFERENCE_DIR", str(Path(__file__).resolve().parents[3] / "shared" / "data"))
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("model", ["toy-vit.s0"])
+    instance.add_dynamic_partitions("dataset", ["toyworld"])
+    for _ in range(2):  # the second run replaces, never appends
+        res = materialize([text_bank_embeddings], instance=instance, partition_key=partition_key("toy-vit.s0", "toyworld"),
+                          resources=resources_from_env(str(root)))
+        assert res.success
+    rows = LanceStore(uri=str(root / "lancedb")).table("text_bank_embeddings").to_polars().collect()
+    counts = dict(rows.group_by("bank").len().iter_rows())
+    assert counts == {"image_descriptions_general": 3498, "google_3498_english": 3498,
+                      "toyworld_phrases": len(toyworld.phrase_bank())}
+    phrases = rows.filter(rows["bank"] == "toyworld_phrases").sort("text_index")
+    assert list(zip(phrases["text"], phrases["family"])) == toyworld.phrase_bank()
+    np.testing.assert_allclose(np.linalg.norm(rows["vector"].to_numpy(), axis=1), 1.0, atol=1e-5)
