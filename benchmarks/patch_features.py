@@ -23,17 +23,19 @@ sys.path.insert(0, str(REPO))
 
 CHILD = """
 import json, sys
-from dagster import AssetSelection, DagsterInstance, define_asset_job
+from dagster import DagsterInstance, materialize
+from assets import data, encodings
 from assets.partitions import partition_key
-from pipelines.definitions import defs, resources_from_env
+from pipelines.definitions import resources_from_env
+from resources.models import ModelZoo
 root = sys.argv[1]
 inst = DagsterInstance.ephemeral()
 inst.add_dynamic_partitions("model", ["toy-vit.s0"]); inst.add_dynamic_partitions("dataset", ["toyworld"])
 res = resources_from_env(root)
-res["zoo"] = res["zoo"].__class__(artifacts_root=root, device=sys.argv[2])
-r = defs.resolve_job_def("analyse").execute_in_process(
-    instance=inst, partition_key=partition_key("toy-vit.s0", "toyworld"), resources=res,
-    run_config={"ops": {"image_encodings": {"config": {"batch_size": 128}}}})
+res["zoo"] = ModelZoo(artifacts_root=root, device=sys.argv[2])
+r = materialize([data.dataset_manifest, data.class_text_embeddings, encodings.image_encodings], instance=inst,
+                partition_key=partition_key("toy-vit.s0", "toyworld"), resources=res,
+                run_config={"ops": {"image_encodings": {"config": {"batch_size": 128}}}})
 meta = {m.asset_key.path[-1]: m.metadata for m in r.asset_materializations_for_node("image_encodings")}["patch_features"]
 print(json.dumps({"images/s": meta["images/s"].value, "images": meta["images"].value}))
 """
