@@ -1,6 +1,5 @@
 """dataset_manifest → class_text_embeddings: what a (model, dataset) partition analyses, and its classifier."""
 
-
 import pyarrow as pa
 from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
 

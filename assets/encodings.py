@@ -5,7 +5,6 @@ images are encoded once. Batched, `torch.inference_mode`, bf16 autocast on CUDA,
 are written in row groups while computing, so memory does not grow with the dataset.
 """
 
-
 import contextlib
 
 import numpy as np

@@ -1,6 +1,5 @@
 """toyworld → toy_clip: the embedded default dataset and model (no GPU, no download)."""
 
-
 import json
 import time
 from pathlib import Path

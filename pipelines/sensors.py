@@ -1,6 +1,5 @@
 """New checkpoints and datasets → new partitions, and runs of `analyse` for the pairs never materialised."""
 
-
 from dagster import DefaultSensorStatus, RunRequest, SensorEvaluationContext, SensorResult, sensor
 
 from assets.partitions import dataset_partitions, model_partitions, partition_key
