@@ -120,7 +120,7 @@ def image_encodings(context: AssetExecutionContext, config: EncodeConfig, datase
             "top-5 accuracy": top5_hits / max(1, progress.done), **throughput,
             "path": MetadataValue.path(store.table_path("zero_shot_predictions", model=model, dataset=dataset)),
             **png_metadata(plots.per_class_accuracy(list(names), per_class, f"{model} × {dataset}"),
-                           _figure(store, "zero_shot_predictions", model, dataset), "per-class accuracy"),
+                           store.figure_path("zero_shot_predictions", f"{model}__{dataset}.png"), "per-class accuracy"),
         })
     if "patch_features" in selected:
         meta = {"dagster/row_count": progress.done, **throughput,
@@ -129,14 +129,8 @@ def image_encodings(context: AssetExecutionContext, config: EncodeConfig, datase
             meta["grid"] = f"{sample[2][0]}x{sample[2][1]}"
             meta.update(png_metadata(plots.token_pca_overlay(_unnormalise(sample[0], m), sample[1], sample[2],
                                                              "patch tokens: first 3 PCs as RGB"),
-                                     _figure(store, "patch_features", model, dataset), "token PCA"))
+                                     store.figure_path("patch_features", f"{model}__{dataset}.png"), "token PCA"))
         yield Output(None, "patch_features", metadata=meta)
-
-
-def _figure(store: ArtifactStore, asset: str, model: str, dataset: str):
-    from pathlib import Path
-
-    return Path(store.uri("_figures", asset, f"{model}__{dataset}.png"))
 
 
 def _unnormalise(images, m) -> np.ndarray:

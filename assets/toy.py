@@ -2,9 +2,7 @@
 
 import json
 import time
-from pathlib import Path
 
-import numpy as np
 import polars as pl
 from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
 
@@ -13,7 +11,7 @@ from cliplab import plots
 from cliplab import toyworld as tw
 from cliplab.toy_clip import TOY_CLIP_CONFIG, TrainConfig, images_to_tensor, train_toy_clip
 from cliplab.zeroshot import class_embeddings, top_k
-from resources.datasets import TOYWORLD_SCHEMA, DatasetCatalog, decode_png, toyworld_table
+from resources.datasets import TOYWORLD_SCHEMA, DatasetCatalog, decode_images, toyworld_table
 from resources.models import ModelZoo, save_checkpoint
 from resources.registry import TOYWORLD_KEY, validate_key
 from resources.store import ArtifactStore
@@ -44,7 +42,7 @@ def toyworld(context: AssetExecutionContext, config: ToyworldConfig, store: Arti
         "train images": counts["train"], "val images": counts["val"],
         "classes": MetadataValue.json({s.name: list(s.parts) for s in tw.CLASSES}),
         "seed": config.seed,
-        **png_metadata(plots.image_grid(sample.images, sample.captions), Path(store.uri("_figures", "toyworld.png")), "samples"),
+        **png_metadata(plots.image_grid(sample.images, sample.captions), store.figure_path("toyworld.png"), "samples"),
     })
 
 
@@ -63,7 +61,7 @@ def toy_clip(context: AssetExecutionContext, config: ToyClipConfig, store: Artif
 
     key = validate_key(f"toy-vit.s{config.seed}", "model key")
     train = pl.read_parquet(datasets.toyworld_path("train"), columns=["image_png", "caption"])
-    images = np.stack([np.asarray(decode_png(b)) for b in train["image_png"]])
+    images = decode_images(train["image_png"])
     cfg = TrainConfig(steps=config.steps, batch_size=config.batch_size, lr=config.lr, seed=config.seed)
 
     def log(step, loss, rate):
@@ -78,7 +76,7 @@ def toy_clip(context: AssetExecutionContext, config: ToyClipConfig, store: Artif
         from cliplab.toy_clip import toy_tokenizer
 
         weights = class_embeddings(model.encode_text, toy_tokenizer(), tw.class_names(), list(tw.TEMPLATES))
-        val_images = np.stack([np.asarray(decode_png(b)) for b in val["image_png"]])
+        val_images = decode_images(val["image_png"])
         emb = torch.cat([model.encode_image(images_to_tensor(val_images[i:i + 256])) for i in range(0, len(val_images), 256)])
         pred, _, _ = top_k(torch.nn.functional.normalize(emb, dim=-1), weights, k=1)
     accuracy = float((pred[:, 0].numpy() == val["label"].to_numpy()).mean())
@@ -96,5 +94,5 @@ def toy_clip(context: AssetExecutionContext, config: ToyClipConfig, store: Artif
         "training seconds": round(seconds, 1),
         "checkpoint": MetadataValue.path(str(folder)),
         "sha256": sidecar["cliplab"]["sha256"],
-        **png_metadata(plots.loss_curve(losses, f"toy CLIP {key}"), folder.parent.parent / "_figures" / f"{key}-loss.png", "loss curve"),
+        **png_metadata(plots.loss_curve(losses, f"toy CLIP {key}"), store.figure_path(f"{key}-loss.png"), "loss curve"),
     })

@@ -73,6 +73,11 @@ def decode_png(data: bytes):
     return Image.open(io.BytesIO(data)).convert("RGB")
 
 
+def decode_images(pngs) -> np.ndarray:
+    """PNG bytes (n,) → uint8 images (n, H, W, 3)."""
+    return np.stack([np.asarray(decode_png(b)) for b in pngs])
+
+
 def decode_part_maps(table: pa.Table | pl.DataFrame) -> np.ndarray:
     """Part maps (n, H, W) uint8 from a toyworld table's `part_map`, `height`, `width` columns."""
     df = table if isinstance(table, pl.DataFrame) else pl.from_arrow(table)

@@ -48,6 +48,10 @@ class ArtifactStore(ConfigurableResource):
         joined = "/".join([base.rstrip("/"), *parts])
         return joined if isinstance(fs, pafs.LocalFileSystem) else f"{self.root.split('://')[0]}://{joined}"
 
+    def figure_path(self, *parts: str) -> Path:
+        """Where a PNG attached to metadata is saved: `<root>/_figures/<parts...>` (a local path)."""
+        return Path(self.uri("_figures", *parts))
+
     @staticmethod
     def partition_parts(asset: str, **partition: str) -> list[str]:
         validate_key(asset.replace("_", "-"), "asset name")
