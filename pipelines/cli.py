@@ -4,6 +4,7 @@
     cliplab run --model vit-b-32.openai --dataset imagenet-val
     cliplab query zero_shot_predictions --model toy-vit.s0 --limit 5
     cliplab ui                       # dagster dev -w workspace.yaml (DAGSTER_HOME=./.dagster_home)
+    cliplab heads segment --image-id val/000003 --layer 3 --head 1 --text "something red" --out seg.png
 """
 
 from __future__ import annotations
@@ -136,6 +137,9 @@ def parser() -> argparse.ArgumentParser:
     u.set_defaults(fn=cmd_ui)
     for what in ("models", "datasets"):
         sub.add_parser(what, help=f"list registered {what}").set_defaults(fn=cmd_list, what=what)
+    from pipelines import heads_cli
+
+    heads_cli.add_parser(sub)
     return p
 
 
