@@ -109,3 +109,21 @@ def replacement_curve(
         indices=torch.cat(indices) if indices else torch.empty(0, 0, dtype=torch.int64),
         scores=torch.cat(scores) if scores else torch.empty(0, 0),
     )
+
+
+def plot_curve(curves, title: str) -> bytes:
+    """PNG of top-1 against texts per head, one line per bank, with the ablated ceiling and the exact baseline.
+
+    curves: polars frame with columns bank, k, top1, baseline_top1, ablated_top1.
+    """
+    from cliplab.plots import _figure, _png
+
+    fig, ax = _figure(5, 3.2)
+    for i, (bank, group) in enumerate(curves.sort("k").group_by("bank", maintain_order=True)):
+        colour = f"C{i}"
+        ax.plot(group["k"], group["top1"], marker="o", color=colour, label=f"{bank[0]} (TextSpan)")
+        ax.axhline(group["ablated_top1"][0], color=colour, ls=":", lw=1)
+    ax.axhline(curves["baseline_top1"][0], color="k", ls="--", lw=1, label="exact embedding")
+    ax.set(xlabel="texts per head (k)", ylabel="zero-shot top-1", title=title, ylim=(0, 1))
+    ax.legend(fontsize=7)
+    return _png(fig)

@@ -6,9 +6,10 @@ import os
 
 from dagster import AssetSelection, Definitions, define_asset_job
 
-from assets import concepts, data, descriptors, encodings, heads, toy
+from assets import concepts, data, descriptors, encodings, head_spans, heads, toy
 from pipelines.sensors import registry_sensor
 from resources.datasets import DatasetCatalog
+from resources.labelers import HeadLabelers
 from resources.lance import LanceStore
 from resources.models import ModelZoo
 from resources.reference_data import ReferenceData
@@ -28,6 +29,7 @@ def resources_from_env(root: str | None = None, registry: str | None = None) -> 
                                    num_workers=int(os.environ.get("CLIPLAB_LOADER_WORKERS", "0"))),
         "reference": ReferenceData(cache_dir=f"{root.rstrip('/')}/reference",
                                    local_dir=os.environ.get("CLIPLAB_REFERENCE_DIR", "")),
+        "labelers": HeadLabelers(),  # LLM endpoint from $CLIPLAB_LLM_URL / _MODEL / _API_KEY when the llm labeler is chosen
     }
 
 
@@ -44,8 +46,10 @@ analyse_job = define_asset_job("analyse", selection=PARTITIONED,
                                description="All partitioned assets for one (model, dataset) partition")
 
 # ViT only (a ResNet has no heads), so not part of `analyse`: materialise per partition or with this job.
-heads_job = define_asset_job("heads", selection=AssetSelection.assets(heads.head_contributions, heads.text_bank_embeddings),
-                             description="Per-head direct contributions and the text banks (LanceDB) for one ViT (model, dataset)")
+HEADS = AssetSelection.assets(heads.head_contributions, heads.text_bank_embeddings, head_spans.head_spans,
+                              head_spans.head_labels, head_spans.head_scores)
+heads_job = define_asset_job("heads", selection=HEADS,
+                             description="Per-head contributions and text banks (LanceDB), TextSpan per head, labels and scores for one ViT (model, dataset)")
 
 # Needs a descriptor bank (toyworld's, a published one, or the registry entry's `descriptors` file).
 descriptors_job = define_asset_job("descriptors", selection=DESCRIPTORS,
@@ -55,7 +59,8 @@ defs = Definitions(
     assets=[toy.toyworld, toy.toy_clip, data.dataset_manifest, data.class_text_embeddings, encodings.image_encodings,
             concepts.prominent_patches, concepts.concept_clusters, descriptors.descriptor_embeddings,
             descriptors.class_descriptors,
-            heads.head_contributions, heads.text_bank_embeddings],
+            heads.head_contributions, heads.text_bank_embeddings,
+            head_spans.head_spans, head_spans.head_labels, head_spans.head_scores, head_spans.head_score_table],
     jobs=[main_job, analyse_job, heads_job, descriptors_job],
     sensors=[registry_sensor],
     resources=resources_from_env(),
