@@ -40,6 +40,14 @@ def model_view(pixels, mean, std) -> np.ndarray:
     return (np.clip(x, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
+def _preferred_bank(banks: list[str]) -> str | None:
+    """toyworld's own phrase bank when present, else TextSpan's general descriptions, else the first."""
+    for bank in ("toyworld_phrases", "image_descriptions_general"):
+        if bank in banks:
+            return bank
+    return min(banks) if banks else None
+
+
 class HeadAnalyses:
     """Analyses of one (model, dataset) partition: images by path or stored image_id, texts by string."""
 
@@ -158,8 +166,7 @@ class HeadAnalyses:
                                f"dataset={self.dataset}: pass --text (one or more)")
         spans = self.store.read("head_spans", model=self.model_key, dataset=self.dataset).filter(
             (pl.col("layer") == layer) & (pl.col("head") == head)).collect()
-        banks = spans["bank"].unique().to_list()
-        bank = "toyworld_phrases" if "toyworld_phrases" in banks else "image_descriptions_general"
+        bank = _preferred_bank(spans["bank"].unique().to_list())
         texts = spans.filter(pl.col("bank") == bank).sort("rank")["text"].head(n).to_list()
         if not texts:
             raise CliplabError(f"head_spans has no texts for layer {layer} head {head}: pass --text")
@@ -194,6 +201,8 @@ class HeadAnalyses:
             raise CliplabError(f"head_labels is not materialised for model={self.model_key} dataset={self.dataset}: "
                                "materialise it or pass explicit heads (--heads 11.3,10.0)")
         labels = self.store.read("head_labels", model=self.model_key, dataset=self.dataset).collect()
+        if "bank" in labels.columns:  # one label per head and bank: the dataset's own bank when it has one
+            labels = labels.filter(pl.col("bank") == _preferred_bank(labels["bank"].unique().to_list()))
         wanted = normalise_label(prop)
         hits = labels.filter(pl.col("label").map_elements(normalise_label, return_dtype=pl.String) == wanted)
         if hits.is_empty():

@@ -138,35 +138,50 @@ def energy_ratios(tokens, texts, masks: np.ndarray, grid: tuple[int, int], patch
     return np.array([energy_ratio(m, k) for m, k in zip(maps, masks)])
 
 
+def overlay(image: np.ndarray, heat: np.ndarray, bound: float, alpha: float = 0.6) -> np.ndarray:
+    """(H, W, 3) uint8: ``heat`` (H, W) coloured on a diverging scale clipped to [−bound, bound]
+    (blue < 0 < red, white at 0), alpha-blended over ``image`` (H, W, 3) uint8, all in float.
+
+    Values beyond ±bound saturate at full blue/red; nothing wraps around (the tool's
+    ``uint8(map * 255)`` turns values above 1 into small ones and inverts the colours).
+    """
+    import matplotlib
+
+    heat = np.asarray(heat, dtype=np.float64)
+    if image.shape[:2] != heat.shape:
+        raise CliplabError(f"image {image.shape[:2]} and map {heat.shape} differ in size")
+    scaled = np.clip(heat / (bound if bound > 0 else 1.0), -1.0, 1.0) * 0.5 + 0.5  # [−b, b] → [0, 1]
+    rgb = matplotlib.colormaps["bwr"](scaled)[..., :3]
+    out = (1 - alpha) * image.astype(np.float64) / 255 + alpha * rgb
+    return (np.clip(out, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
 def heat_overlay(image: np.ndarray, maps: np.ndarray, titles: list[str], suptitle: str = "") -> bytes:
-    """The image (H, W, 3) uint8 beside each map (T, H, W) drawn over it: diverging colours, symmetric
-    scale shared by all maps (|max| → full red/blue, 0 → transparent white), colour bar."""
+    """The image (H, W, 3) uint8 beside each map (T, H, W) blended over it (``overlay``), one symmetric
+    scale for all maps (±max |S|), with a colour bar."""
     import textwrap
 
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
 
     from cliplab.plots import _png
 
     maps = np.asarray(maps, dtype=np.float32)
-    if image.shape[:2] != maps.shape[1:]:
-        raise CliplabError(f"image {image.shape[:2]} and maps {maps.shape[1:]} differ in size")
     bound = float(np.abs(maps).max()) or 1.0
     n = len(maps) + 1
     fig, axes = plt.subplots(1, n, figsize=(2.4 * n + 0.6, 2.8), squeeze=False)
-    axes[0, 0].imshow(image)
+    axes[0, 0].imshow(image, interpolation="nearest")
     axes[0, 0].set_title("input", fontsize=8)
-    shown = None
     for ax, m, title in zip(axes[0, 1:], maps, titles):
-        ax.imshow(image)
-        shown = ax.imshow(m, cmap="bwr", vmin=-bound, vmax=bound, alpha=0.6, interpolation="bilinear")
+        ax.imshow(overlay(image, m, bound), interpolation="nearest")
         ax.set_title("\n".join(textwrap.wrap(title, 26)[:3]), fontsize=7)
     for ax in axes.flat:
         ax.axis("off")
-    if shown is not None:
-        fig.colorbar(shown, ax=list(axes.flat), shrink=0.8, pad=0.02)
+    fig.colorbar(ScalarMappable(Normalize(-bound, bound), "bwr"), ax=list(axes.flat), shrink=0.8, pad=0.02)
     if suptitle:
         fig.suptitle(suptitle, fontsize=9)
     return _png(fig)
