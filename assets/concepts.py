@@ -102,7 +102,8 @@ def concept_clusters(context: AssetExecutionContext, config: ConceptConfig, stor
     parts_by_id = dict(zip(truth[0], patch_parts(truth[1], grid))) if truth is not None else None
     scored = {"pca": [], "kmeans": [], "part": []}
     n_rows = 0
-    with store.writer("concept_clusters", CONCEPT_SCHEMA, model=model, dataset=dataset) as w:
+    schema = CONCEPT_SCHEMA.with_metadata({"L": str(config.L), "seed": str(config.seed), "facet": facet})
+    with store.writer("concept_clusters", schema, model=model, dataset=dataset) as w:
         for label in labels:
             rows = _class_rows(path, label, ["image_id", facet]).join(
                 _class_rows(masks_path, label, ["image_id", "mask"]), on="image_id", maintain_order="left")
@@ -114,7 +115,7 @@ def concept_clusters(context: AssetExecutionContext, config: ConceptConfig, stor
             ids = rows["image_id"].to_numpy()[img]
             w.write_table(pa.table({"image_id": ids, "label": [label] * len(ids), "patch": patch.astype(np.int32),
                                     "pca_concept": pca.astype(np.int32), "kmeans_concept": km.astype(np.int32)},
-                                   schema=CONCEPT_SCHEMA))
+                                   schema=schema))
             n_rows += len(ids)
             if parts_by_id is not None:
                 part = np.array([parts_by_id[i][p] for i, p in zip(ids, patch)], dtype=np.int64)

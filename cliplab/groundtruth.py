@@ -41,3 +41,24 @@ def cluster_purity(clusters: np.ndarray, labels: np.ndarray) -> float:
     table = np.zeros((clusters.max() + 1, labels.max() + 1), np.int64)
     np.add.at(table, (clusters, labels), 1)
     return float(table.max(axis=1).sum() / clusters.size)
+
+
+def descriptor_grounding(dv: list[list[int]], class_names: list[str], present_parts: list[set[str]],
+                         bank: list[str]) -> tuple[float, float]:
+    """Fraction of D_v descriptors that name something present in their toyworld image, and chance.
+
+    dv: per image its D_v (indices into `bank`, the toyworld descriptor bank); class_names and
+    present_parts: per image its true class and the part names its part map shows. Returns
+    (Σ grounded / Σ |D_v| over all images, the same for descriptors drawn uniformly from the bank:
+    the mean over images of the grounded fraction of the whole bank). NaN when D_v is empty everywhere.
+    """
+    from cliplab.toyworld import descriptor_grounded
+
+    hits = total = 0
+    chance = []
+    for D_v, name, parts in zip(dv, class_names, present_parts):
+        grounded = np.array([descriptor_grounded(d, name, parts) for d in bank])
+        hits += int(grounded[D_v].sum()) if len(D_v) else 0
+        total += len(D_v)
+        chance.append(grounded.mean())
+    return (hits / total if total else float("nan")), (float(np.mean(chance)) if chance else float("nan"))

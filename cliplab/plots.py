@@ -90,3 +90,107 @@ def image_grid(images: np.ndarray, captions: list[str] | None = None, cols: int 
             if captions:
                 ax.set_title("\n".join(textwrap.wrap(captions[i], 28)[:3]), fontsize=6)
     return _png(fig)
+
+
+CONCEPT_COLOURS = ("#e41a1c", "#377eb8", "#4daf4a", "#984ea3", "#ff7f00", "#a65628", "#f781bf", "#999999")
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def concept_overlays(images: list[np.ndarray], concepts: list, title: str = "") -> bytes:
+    """Each image (H, W, 3) in [0, 1] with its concepts' ellipses, and beside it their descriptors.
+
+    concepts: per image a frame with columns concept, ellipse [(cx, cy, a, b, θ)], descriptor [list].
+    """
+    from matplotlib.patches import Ellipse
+
+    plt = _plt()
+    n = len(images)
+    fig, axes = plt.subplots(n, 2, figsize=(6.5, 2.4 * n), squeeze=False, gridspec_kw={"width_ratios": [1, 1.7]})
+    for (ax, text), image, rows in zip(axes, images, concepts):
+        ax.imshow(image, interpolation="nearest")
+        ax.axis("off")
+        text.axis("off")
+        y = 0.95
+        for concept, (cx, cy, a, b, theta), names in rows.select("concept", "ellipse", "descriptor").iter_rows():
+            colour = CONCEPT_COLOURS[concept % len(CONCEPT_COLOURS)]
+            ax.add_patch(Ellipse((cx, cy), 2 * a, 2 * b, angle=float(np.degrees(theta)), fill=False, lw=1.5, ec=colour))
+            text.text(0.0, y, f"concept {concept}: " + "; ".join(names or ["(no descriptor)"]), color=colour,
+                      fontsize=7, va="top", transform=text.transAxes, wrap=True)
+            y -= 0.19
+    if title:
+        fig.suptitle(title)
+    return _png(fig)
+
+
+def mi_curves(per_class, title: str, max_classes: int = 12) -> bytes:
+    """MI after each removal step, one line per class (both branches averaged), dataset mean in black.
+
+    per_class: frame with class_index, branch, curve (list). At most max_classes classes are drawn.
+    """
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    rows = per_class.filter(per_class["branch"] == "mean")
+    curves = [np.array(c) for c in rows["curve"].to_list()]
+    for k, (label, c) in enumerate(zip(rows["class_index"].to_list(), curves)):
+        if k < max_classes:
+            ax.plot(np.arange(len(c)), c, lw=1, alpha=0.7, label=f"class {label}")
+    if curves:
+        longest = max(len(c) for c in curves)
+        mean = np.mean([np.pad(c, (0, longest - len(c))) for c in curves], axis=0)
+        ax.plot(np.arange(longest), mean, color="black", lw=2.5, label="mean")
+    ax.set(xlabel="D_v descriptors removed (most important first)", ylabel="MI (nats)", title=title)
+    ax.legend(fontsize=6, ncol=2)
+    return _png(fig)
+
+
+def auc_vs_accuracy(summary, fits, published) -> bytes:
+    """AUC (PCA branch) vs top-1 for every materialised partition, fitted lines, and the paper's points."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for (ds, family), g in summary.group_by(["dataset", "family"], maintain_order=True):
+        ax.scatter(g["auc_pca"], g["top1"], label=f"{ds} / {family}")
+        for model, x, y in g.select("model", "auc_pca", "top1").iter_rows():
+            ax.annotate(model, (x, y), fontsize=6)
+    for row in fits.filter(fits["branch"] == "pca").iter_rows(named=True):
+        x = summary.filter((summary["dataset"] == row["dataset"]) & (summary["family"] == row["family"]))["auc_pca"]
+        xs = np.linspace(float(x.min()), float(x.max()), 10)
+        ax.plot(xs, row["slope"] * xs + row["intercept"], lw=1)
+    ax.scatter(published["auc_pca"], published["top1"], marker="o", facecolors="none", edgecolors="grey",
+               label="paper (ImageNet val)")
+    ax.set(xlabel="AUC of MI curve (PCA)", ylabel="zero-shot top-1 (%)", title="mutual knowledge vs accuracy")
+    ax.legend(fontsize=6)
+    return _png(fig)
+
+
+def venn(vision: list[str], language: list[str], title: str) -> bytes:
+    """Two circles: descriptors only in D_v, in both (mutual), only in D_ŷ, listed inside."""
+    from matplotlib.patches import Circle
+
+    plt = _plt()
+    both = [d for d in vision if d in set(language)]
+    only_v = [d for d in vision if d not in set(both)]
+    only_l = [d for d in language if d not in set(both)]
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    ax.add_patch(Circle((0.36, 0.5), 0.33, alpha=0.25, color="#377eb8"))
+    ax.add_patch(Circle((0.64, 0.5), 0.33, alpha=0.25, color="#e41a1c"))
+    for x, items, head in ((0.2, only_v, "vision only"), (0.5, both, "mutual"), (0.8, only_l, "language only")):
+        ax.text(x, 0.9, f"{head} ({len(items)})", ha="center", fontsize=8, weight="bold")
+        ax.text(x, 0.84, "\n".join(items[:15]), ha="center", va="top", fontsize=6)
+    ax.set(xlim=(0, 1), ylim=(0, 1), title=title)
+    ax.axis("off")
+    return _png(fig)
+
+
+def markdown_table(df) -> str:
+    """A polars frame as a Markdown table (floats to 3 decimals) for Dagster's md metadata."""
+    head = "| " + " | ".join(df.columns) + " |\n|" + "---|" * len(df.columns) + "\n"
+    fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)
+    return head + "".join("| " + " | ".join(fmt(v) for v in row) + " |\n" for row in df.iter_rows())

@@ -280,6 +280,50 @@ def descriptors() -> dict[str, list[str]]:
     return {spec.name: list(spec.descriptors) for spec in CLASSES}
 
 
+# Which parts each descriptor names (ground truth for the mutual-knowledge D_v check). An empty tuple
+# marks a whole-object shape phrase ("a round shape"): true of the classes that list it.
+DESCRIPTOR_PARTS: dict[str, tuple[str, ...]] = {
+    "a triangular roof": ("roof",), "rectangular walls": ("walls",), "a small rectangular door": ("door",),
+    "square windows": ("windows",), "a pointed top": ("roof",),
+    "round wheels": ("wheels",), "a long flat body": ("body",), "a cabin with windows": ("cabin", "windows"),
+    "wheels at the bottom": ("wheels",),
+    "a tall thin trunk": ("trunk",), "leaves on top": ("crown",), "a round or pointed crown": ("crown",),
+    "a vertical trunk": ("trunk",),
+    "two stacked balls": ("base", "head"), "a round head": ("head",), "a hat on top": ("hat",),
+    "a large round base": ("base",), "a rectangular hat": ("hat",),
+    "a thin stem": ("stem",), "petals around a centre": ("petals", "centre"), "a round centre": ("centre",),
+    "a leaf on the stem": ("leaf", "stem"),
+    "a lampshade on top": ("shade",), "a thin pole": ("pole",), "a flat base": ("base",),
+    "a cone or dome shaped shade": ("shade",), "a rectangular base": ("base",),
+    "a hull at the bottom": ("hull",), "triangular sails": ("sails",), "a tall mast": ("mast",),
+    "a sail on a mast": ("sails", "mast"),
+    "a pointed nose": ("nose",), "fins at the bottom": ("fins",), "round windows": ("windows",),
+    "a tall narrow body": ("body",),
+    "a dome shaped cap": ("cap",), "spots on the cap": ("spots", "cap"), "a short thick stem": ("stem",),
+    "a half circle on top": ("cap",),
+    "an oval body": ("body",), "a triangular tail": ("tail",), "a small round eye": ("eye",),
+    "fins on the back": ("fins",),
+    "a ring at one end": ("bow",), "a long thin shaft": ("shaft",), "teeth along the shaft": ("teeth", "shaft"),
+    "a round or square bow": ("bow",),
+    "a curved handle": ("handle",), "a saucer underneath": ("saucer",), "a tapered body": ("body",),
+    "a ring shaped handle": ("handle",),
+    "a rectangular shape": (), "a triangular part": (), "a wide shape": (), "small circles": (),
+    "a round shape": (), "a tall shape": (), "a thin vertical line": (), "a thin horizontal line": (),
+}
+
+
+def descriptor_grounded(descriptor: str, class_name: str, present_parts: set[str]) -> bool:
+    """Does `descriptor` name something present in an image of `class_name` whose part map shows
+    `present_parts`? A part phrase: all the parts it names are present (whatever class listed it).
+    A whole-object shape phrase: the image's class lists it."""
+    if descriptor not in DESCRIPTOR_PARTS:
+        raise CliplabError(f"not a toyworld descriptor: {descriptor!r}")
+    parts = DESCRIPTOR_PARTS[descriptor]
+    if parts:
+        return set(parts) <= present_parts
+    return descriptor in CLASSES[class_names().index(class_name)].descriptors
+
+
 def part_id(name: str) -> int:
     """Global part id of a part name (0 for "background"); the value stored in part maps."""
     if name not in _PART_ID:
@@ -500,12 +544,21 @@ _PREFIXES = ("a photo of", "a picture of", "a drawing of", "an image of", "")
 
 # Captions that only name the class ("a photo of a house."), as alt-text often does. Long captions
 # mostly teach colours and counts; the short ones carry the class signal zero-shot transfer needs.
-SHORT_CAPTION_P = 0.7
+SHORT_CAPTION_P = 0.55
+# Captions that describe the class the way descriptor banks do ("a house, which has a triangular roof
+# and square windows."), as encyclopaedic alt-text does: without them the toy CLIP's text tower never
+# meets the descriptors that mutual knowledge explains images with.
+DESCRIPTOR_CAPTION_P = 0.2
 
 
 def _caption(rng, spec: ClassSpec, attrs: dict) -> str:
     """A caption that always names the class; most also name some parts with their attributes."""
-    if rng.random() < SHORT_CAPTION_P:
+    kind = rng.random()
+    if kind >= SHORT_CAPTION_P and kind < SHORT_CAPTION_P + DESCRIPTOR_CAPTION_P:
+        k = int(rng.integers(1, 3))
+        chosen = [spec.descriptors[i] for i in sorted(rng.choice(len(spec.descriptors), size=k, replace=False))]
+        return f"{_article(spec.name)} {spec.name}, which has {' and '.join(chosen)}."
+    if kind < SHORT_CAPTION_P:
         # Only templates whose size word (if any) agrees with the drawn size.
         wrong = [w for w in SIZES if w != attrs["size"]]
         fitting = [t for t in TEMPLATES if not any(w in t.split() for w in wrong)]

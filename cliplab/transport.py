@@ -138,3 +138,55 @@ def assignment_entropy(selected) -> float:
         return 0.0
     p = counts / counts.sum()
     return float(-(p * p.log()).sum())
+
+
+def select_descriptors_batch(S, concept_mask, image_sim, k: int = 3, use_ot: bool = True, top: int = 500,
+                             offset: float = 0.02, threshold: str = "mean", temperature: float = 2.5,
+                             n_iter: int = 1000) -> torch.Tensor:
+    """select_descriptors for B images at once: (B, k·L) work in a few tensor operations.
+
+    S: (B, L, |D|) concept–descriptor similarities (rows of absent concepts are ignored),
+    concept_mask: (B, L) bool, image_sim: (B, |D|). Returns (B, L, k) int64 descriptor indices, best
+    first, −1 where a concept has fewer than k (or is absent). Each image's candidates are gathered
+    into a padded (B, L, n_max) block (n_max = the most candidates any image keeps) and transported
+    together by sinkhorn_assignment_batch, so the result equals select_descriptors image by image.
+    """
+    if threshold not in THRESHOLDS:
+        raise CliplabError(f"unknown candidate threshold {threshold!r}; choose one of {THRESHOLDS}")
+    S = torch.as_tensor(S, dtype=torch.float64)
+    concept_mask = torch.as_tensor(concept_mask, dtype=torch.bool, device=S.device)
+    image_sim = torch.as_tensor(image_sim, dtype=torch.float64, device=S.device)
+    B, L, D = S.shape
+    out = torch.full((B, L, k), -1, dtype=torch.int64, device=S.device)
+    if D == 0 or L == 0:
+        return out
+    if not use_ot:
+        best = S.topk(min(k, D), dim=2).indices
+        out[:, :, : best.shape[2]] = torch.where(concept_mask[:, :, None], best, -1)
+        return out
+    top_k = S.topk(min(top, D), dim=2).indices
+    in_top = torch.zeros_like(S, dtype=torch.bool).scatter_(2, top_k, True)
+    in_every_top = (in_top | ~concept_mask[:, :, None]).all(dim=1) & concept_mask.any(dim=1, keepdim=True)
+    sim = torch.where(in_every_top, image_sim, torch.nan)
+    if threshold == "mean":
+        cut = sim.nanmean(dim=1) - offset
+    else:
+        cut = sim.nanquantile(0.5, dim=1) + offset
+    candidate = in_every_top & (image_sim > cut[:, None])
+    n_candidates = candidate.sum(dim=1)
+    n_max = int(n_candidates.max())
+    if n_max == 0:
+        return out
+    # candidates first, in ascending descriptor order (a stable sort of "not a candidate")
+    index = torch.sort((~candidate).to(torch.int8), dim=1, stable=True).indices[:, :n_max]  # (B, n_max)
+    column_mask = torch.arange(n_max, device=S.device)[None, :] < n_candidates[:, None]
+    S_c = torch.gather(S, 2, index[:, None, :].expand(B, L, n_max))
+    plan = sinkhorn_assignment_batch(S_c, concept_mask, column_mask, temperature, n_iter)
+    single = (concept_mask.sum(dim=1) == 1)[:, None, None]
+    score = torch.where(single, S_c, plan).masked_fill(~column_mask[:, None, :], -torch.inf)
+    k_eff = min(k, n_max)
+    rank = score.topk(k_eff, dim=2).indices  # (B, L, k_eff)
+    picked = torch.gather(index[:, None, :].expand(B, L, n_max), 2, rank)
+    valid = concept_mask[:, :, None] & (torch.arange(k_eff, device=S.device)[None, None, :] < n_candidates[:, None, None])
+    out[:, :, :k_eff] = torch.where(valid, picked, -1)
+    return out

@@ -6,7 +6,16 @@ import os
 
 from dagster import AssetSelection, Definitions, define_asset_job
 
-from assets import concepts, data, descriptors, encodings, head_spans, heads, toy
+from assets import (
+    concepts,
+    data,
+    descriptors,
+    encodings,
+    head_spans,
+    heads,
+    mutual,
+    toy,
+)
 from pipelines.sensors import registry_sensor
 from resources.datasets import DatasetCatalog
 from resources.labelers import HeadLabelers
@@ -40,7 +49,8 @@ PARTITIONED = AssetSelection.assets(data.dataset_manifest, data.class_text_embed
 # The default graph on the embedded default: toyworld generated, the toy CLIP trained, then every
 # partitioned asset for (toy-vit.s0 × toyworld). Unpartitioned toy assets run once in the same run.
 DESCRIPTORS = AssetSelection.assets(descriptors.descriptor_embeddings, descriptors.class_descriptors)
-main_job = define_asset_job("main", selection=TOY | PARTITIONED | DESCRIPTORS,
+MUTUAL = AssetSelection.assets(mutual.visual_concept_descriptors, mutual.mi_curves, mutual.mi_summary)
+main_job = define_asset_job("main", selection=TOY | PARTITIONED | DESCRIPTORS | MUTUAL,
                             description="toyworld + toy CLIP + all partitioned assets for one (model, dataset)")
 analyse_job = define_asset_job("analyse", selection=PARTITIONED,
                                description="All partitioned assets for one (model, dataset) partition")
@@ -54,14 +64,17 @@ heads_job = define_asset_job("heads", selection=HEADS,
 # Needs a descriptor bank (toyworld's, a published one, or the registry entry's `descriptors` file).
 descriptors_job = define_asset_job("descriptors", selection=DESCRIPTORS,
                                    description="The dataset's descriptor bank encoded by one model (LanceDB) and D_ŷ per class")
+mutual_job = define_asset_job("mutual_knowledge", selection=DESCRIPTORS | MUTUAL,
+                              description="Descriptors, D_v by visual prompting and OT, MI curves and the summary for one (model, dataset)")
 
 defs = Definitions(
     assets=[toy.toyworld, toy.toy_clip, data.dataset_manifest, data.class_text_embeddings, encodings.image_encodings,
             concepts.prominent_patches, concepts.concept_clusters, descriptors.descriptor_embeddings,
-            descriptors.class_descriptors,
+            descriptors.class_descriptors, mutual.visual_concept_descriptors, mutual.mi_curves, mutual.mi_summary,
+            mutual.model_comparison,
             heads.head_contributions, heads.text_bank_embeddings,
             head_spans.head_spans, head_spans.head_labels, head_spans.head_scores, head_spans.head_score_table],
-    jobs=[main_job, analyse_job, heads_job, descriptors_job],
+    jobs=[main_job, analyse_job, heads_job, descriptors_job, mutual_job],
     sensors=[registry_sensor],
     resources=resources_from_env(),
 )

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from cliplab.errors import CliplabError
-from cliplab.information import auc, average_curves, importance_order, mi_curve, mutual_information
+from cliplab.information import auc, average_curves, importance_order, linear_fit, mi_curve, mutual_information
 
 # 15 visual descriptors, 50 class descriptors, 3 in common
 D_V = list(range(100, 115))
@@ -109,3 +109,15 @@ def test_importance_order_keeps_first_seen_order_on_ties_and_caps():
     ids, scores = importance_order([list(range(20))], np.arange(20) / 20)
     assert ids == list(range(19, 4, -1)) and len(scores) == 15
     assert importance_order([], np.zeros(3))[0] == []
+
+
+def test_linear_fit_recovers_a_line_and_refuses_one_model():
+    slope, intercept, r = linear_fit([3.0, 3.5, 4.5], [11.24 * x + 25.97 for x in (3.0, 3.5, 4.5)])
+    assert slope == pytest.approx(11.24) and intercept == pytest.approx(25.97) and r == pytest.approx(1.0)
+    # the paper's three ViTs (Table 3, PCA): the fit the published numbers themselves give
+    slope, intercept, _ = linear_fit([3.61, 3.62, 4.47], [61.66, 67.70, 74.77])
+    x, y = np.array([3.61, 3.62, 4.47]), np.array([61.66, 67.70, 74.77])
+    expected = ((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum()
+    assert slope == pytest.approx(expected) and intercept == pytest.approx(y.mean() - expected * x.mean())
+    with pytest.raises(CliplabError, match="two models"):
+        linear_fit([3.0, 3.0], [60.0, 70.0])

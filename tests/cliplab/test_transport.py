@@ -5,6 +5,7 @@ import torch
 
 from cliplab.errors import CliplabError
 from cliplab.transport import (
+    select_descriptors_batch,
     assignment_entropy,
     descriptor_candidates,
     reference_sinkhorn,
@@ -113,3 +114,31 @@ def test_single_concept_ranks_candidates_by_similarity():
 def test_no_concept():
     assert select_descriptors(torch.zeros(0, 6), FLAT_IMAGE) == []
     assert select_descriptors(torch.zeros(0, 6), FLAT_IMAGE, use_ot=False) == []
+
+
+@pytest.mark.parametrize("use_ot", [True, False])
+@pytest.mark.parametrize("threshold", ["mean", "percentile"])
+def test_batched_selection_equals_each_image_alone(use_ot, threshold):
+    g = torch.Generator().manual_seed(3)
+    B, L, D = 12, 5, 200
+    S = torch.rand(B, L, D, generator=g, dtype=torch.float64) * 0.3
+    image_sim = torch.rand(B, D, generator=g, dtype=torch.float64) * 0.3
+    present = torch.rand(B, L, generator=g) < 0.6
+    present[0] = False  # an image with no concept
+    present[1] = False
+    present[1, 3] = True  # a single concept
+    out = select_descriptors_batch(S, present, image_sim, use_ot=use_ot, top=40, threshold=threshold)
+    assert out.shape == (B, L, 3)
+    assert (out[~present] == -1).all()
+    for b in range(B):
+        rows = present[b].nonzero().squeeze(1)
+        alone = select_descriptors(S[b, rows], image_sim[b], use_ot=use_ot, top=40, threshold=threshold)
+        got = [[d for d in out[b, r].tolist() if d >= 0] for r in rows.tolist()]
+        assert got == alone
+
+
+def test_batched_selection_with_fewer_candidates_than_k():
+    S = torch.tensor([[[0.9, 0.1, 0.8, 0.0], [0.8, 0.0, 0.9, 0.1]]], dtype=torch.float64)
+    image_sim = torch.tensor([[0.5, 0.0, 0.5, 0.0]], dtype=torch.float64)
+    out = select_descriptors_batch(S, torch.ones(1, 2, dtype=torch.bool), image_sim, top=2)
+    assert sorted(out[0, 0, :2].tolist()) == [0, 2] and (out[0, :, 2] == -1).all()
