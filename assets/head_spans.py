@@ -166,12 +166,20 @@ def head_spans(context: AssetExecutionContext, config: SpanConfig, store: Artifa
     return MaterializeResult(metadata=meta)
 
 
+def majority_families(families: list[str]) -> tuple[str, ...]:
+    """The most frequent family among a head's texts; every one of them on a tie (sorted)."""
+    counts = {f: families.count(f) for f in set(families)}
+    top = max(counts.values())
+    return tuple(sorted(f for f, n in counts.items() if n == top))
+
+
 def span_families(spans: pl.DataFrame) -> pl.DataFrame:
-    """Per bank × head (texts with a family): the majority family of its texts and its share."""
-    counts = spans.group_by("bank", "layer", "head", "family").agg(pl.len().alias("n"))
-    return (counts.sort("n", "family", descending=[True, False]).group_by("bank", "layer", "head", maintain_order=True)
-            .agg(pl.col("family").first().alias("majority_family"), (pl.col("n").first() / pl.col("n").sum()).alias("share"))
-            .sort("bank", "layer", "head"))
+    """Per bank × head (texts with a family): the majority family of its texts ("a+b" on a tie) and its share."""
+    heads = spans.sort("rank").group_by("bank", "layer", "head", maintain_order=True).agg("family").sort("bank", "layer", "head")
+    fams = heads["family"].to_list()
+    return heads.drop("family").with_columns(
+        pl.Series("majority_family", ["+".join(majority_families(f)) for f in fams]),
+        pl.Series("share", [f.count(majority_families(f)[0]) / len(f) for f in fams]))
 
 
 class LabelConfig(Config):
@@ -218,16 +226,18 @@ def head_labels(context: AssetExecutionContext, config: LabelConfig, store: Arti
 
 def family_agreement(labels: pl.DataFrame, family_labels: dict[str, tuple[str, ...]]) -> dict | None:
     """On banks whose texts carry a family: the fraction of heads whose label names the majority family of
-    their labelled texts, and what a uniformly random vocabulary label would get (None without families)."""
+    their labelled texts (any of them on a tie), and what a uniformly random vocabulary label would get
+    (None without families)."""
     from cliplab.head_labels import PROPERTY_VOCABULARY
 
     rows = labels.filter(pl.col("families").list.eval(pl.element() != "").list.all())
     if not len(rows):
         return None
-    majority = [max(set(f), key=lambda x, f=f: (f.count(x), x)) for f in rows["families"].to_list()]
-    hits = [label in family_labels.get(m, ()) for label, m in zip(rows["label"].to_list(), majority)]
-    chance = np.mean([len(family_labels.get(m, ())) / len(PROPERTY_VOCABULARY) for m in majority])
-    return {"agreement": float(np.mean(hits)), "chance": float(chance), "heads": len(rows), "majority": majority}
+    accepted = [{lab for f in majority_families(fams) for lab in family_labels.get(f, ())}
+                for fams in rows["families"].to_list()]
+    hits = [label in ok for label, ok in zip(rows["label"].to_list(), accepted)]
+    chance = np.mean([len(ok) / len(PROPERTY_VOCABULARY) for ok in accepted])
+    return {"agreement": float(np.mean(hits)), "chance": float(chance), "heads": len(rows), "hits": hits}
 
 
 class ScoreConfig(Config):

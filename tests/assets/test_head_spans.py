@@ -165,3 +165,78 @@ def test_bad_options_fail_with_a_clear_message(spans_root):
         assert message in str(failure.event_specific_data.error)
     res = _run(root, instance, [hs.head_labels], {"ops": {"head_labels": {"config": {"labeler": "oracle"}}}})
     assert not res.success
+
+
+@pytest.mark.slow
+def test_toyworld_ground_truth_families_labels_and_float16(trained_root, tmp_path_factory):
+    """Trained toy CLIP: which heads span which attribute families (majority family of their top toyworld
+    phrases), whether the embedding labels name that family, the replacement curve, and float16 storage."""
+    from collections import Counter
+
+    import lancedb
+    import torch
+
+    from assets import head_spans as hs
+    from assets import heads
+    from cliplab import toyworld
+    from cliplab.head_labels import TOYWORLD_FAMILY_LABELS
+    from cliplab.textspan import text_span_heads
+
+    src, instance = trained_root[0], trained_root[1]
+    root = tmp_path_factory.mktemp("spans-trained") / "artifacts"
+    shutil.copytree(src, root)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("CLIPLAB_REFERENCE_DIR", str(SHARED_DATA))
+    try:
+        result = _run(root, instance, [heads.head_contributions, heads.text_bank_embeddings, hs.head_spans,
+                                       hs.head_labels, hs.head_scores])
+    finally:
+        mp.undo()
+    assert result.success
+    spans = pl.read_parquet(root / "head_spans" / PART).filter(pl.col("bank") == "toyworld_phrases")
+    top5, top20 = hs.span_families(spans.filter(pl.col("rank") < 5)), hs.span_families(spans)
+    labels = pl.read_parquet(root / "head_labels" / PART).filter(pl.col("bank") == "toyworld_phrases").sort("layer", "head")
+    report = top5.join(top20.rename({"majority_family": "majority_top20", "share": "share_top20"}),
+                       on=["bank", "layer", "head"]).sort("layer", "head").with_columns(labels["label"])
+    truth = hs.family_agreement(labels, TOYWORLD_FAMILY_LABELS)
+    families = [f for _, f in toyworld.phrase_bank()]
+    rng = np.random.default_rng(0)  # majority share of 5 phrases drawn at random from the bank
+    random_share = np.mean([max(Counter(rng.choice(families, 5, replace=False)).values()) / 5 for _ in range(5000)])
+    # a stricter control than random labels: the same labels shuffled across heads (seeded permutations)
+    shuffled = np.mean([hs.family_agreement(labels.with_columns(pl.Series("label", rng.permutation(labels["label"].to_list()))),
+                                            TOYWORLD_FAMILY_LABELS)["agreement"] for _ in range(500)])
+    rep = pl.read_parquet(root / "head_span_replacement" / PART).sort("bank", "k")
+    with pl.Config(tbl_rows=40, tbl_cols=12, fmt_str_lengths=30):
+        print(f"\n{report}\nfamilies of all top-5 picks: {Counter(spans.filter(pl.col('rank') < 5)['family'])}"
+              f"\nlabel names the majority family of the top 5: {truth['agreement']:.3f} of {truth['heads']} heads "
+              f"(random label: {truth['chance']:.3f}, labels shuffled across heads: {shuffled:.3f}); mean majority share {report['share'].mean():.3f} "
+              f"(5 random phrases: {random_share:.3f})\n{rep}")
+    assert truth["agreement"] >= max(0.5, 4 * truth["chance"])
+    assert truth["agreement"] > shuffled
+    assert report["share"].mean() > random_share  # the heads' top texts are more family-pure than chance
+    for _, group in rep.group_by("bank"):
+        assert group["top1"][-1] >= group["top1"][0]
+        assert group["top1"][-1] >= group["baseline_top1"][0] - 0.02  # 20 texts per head ≈ the exact accuracy
+
+    # float16 storage of the token-summed contributions: do TextSpan's picks change?
+    db = lancedb.connect(str(root / "lancedb"))
+    rows = pl.from_arrow(db.open_table("head_contributions").to_arrow())
+    ids = pl.read_parquet(root / "head_terms" / PART, columns=["image_id"]).with_row_index("row")
+    bank = pl.from_arrow(db.open_table("text_bank_embeddings").to_arrow()).sort("text_index")
+    same = {}
+    for name in ("image_descriptions_general", "toyworld_phrases"):
+        T = torch.from_numpy(np.stack(bank.filter(pl.col("bank") == name)["vector"].to_numpy()))
+        for r in (80, "head_dim+3"):
+            top5_same = prefix = 0
+            for layer in range(4):
+                layer_rows = rows.filter(pl.col("layer") == layer).join(ids, on="image_id").sort("head", "row")
+                C = torch.from_numpy(np.stack(layer_rows["vector"].to_numpy())).reshape(N_HEADS, len(ids), -1)
+                full = text_span_heads(C, T, k=K, r=r, head_dim=32).indices
+                half = text_span_heads(C.half(), T, k=K, r=r, head_dim=32).indices
+                top5_same += int((full[:, :5] == half[:, :5]).all(1).sum())
+                prefix += int((full == half).int().cumprod(1).sum())
+            same[(name, r)] = (top5_same, prefix / (4 * N_HEADS))
+            print(f"float16 vs float32, {name}, r={r}: identical top-5 in {top5_same}/16 heads, "
+                  f"mean common prefix of the top-20 {prefix / 16:.1f}")
+    # r = head_dim + 3 leaves no rounding-noise directions in span(V_r): float16 storage keeps the top 5
+    assert all(same[(name, "head_dim+3")][0] == 16 for name in ("image_descriptions_general", "toyworld_phrases"))
