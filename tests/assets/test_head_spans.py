@@ -240,3 +240,60 @@ def test_toyworld_ground_truth_families_labels_and_float16(trained_root, tmp_pat
                   f"mean common prefix of the top-20 {prefix / 16:.1f}")
     # r = head_dim + 3 leaves no rounding-noise directions in span(V_r): float16 storage keeps the top 5
     assert all(same[(name, "head_dim+3")][0] == 16 for name in ("image_descriptions_general", "toyworld_phrases"))
+
+
+def test_llm_labeler_through_the_asset(spans_root, monkeypatch):
+    """labeler: llm against a real local server speaking /v1/chat/completions; then an unreachable one."""
+    import json
+    import socket
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from assets import head_spans as hs
+
+    seen = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            texts = body["messages"][-1]["content"].splitlines()[1:]
+            seen.append(texts)
+            content = json.dumps({"label": "Colors", "matches": [i % 2 == 0 for i in range(len(texts))]})
+            payload = json.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": content}}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+    root, instance, _, _ = spans_root
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("CLIPLAB_LLM_URL", f"http://127.0.0.1:{httpd.server_address[1]}/v1")
+        res = _run(root, instance, [hs.head_labels, hs.head_scores], {"ops": {"head_labels": {"config": {"labeler": "llm"}}}})
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert res.success
+    labels = pl.read_parquet(root / "head_labels" / PART)
+    assert len(seen) == len(labels) == len(BANKS) * len(SPANNED) * N_HEADS
+    assert (labels["labeler"] == "llm").all() and (labels["label"] == "Colors").all()
+    assert labels["matches"].to_list() == [[True, False, True, False, True]] * len(labels)
+    assert labels["similarities"].is_null().all() and labels["threshold"].is_null().all()
+    scores = pl.read_parquet(root / "head_scores" / PART)
+    assert (scores["labeler"] == "llm").all() and (scores["association"] == 1.0).all()  # 3 of 5 match everywhere
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("CLIPLAB_LLM_URL", f"http://127.0.0.1:{port}/v1")
+    res = _run(root, instance, [hs.head_labels], {"ops": {"head_labels": {"config": {"labeler": "llm"}}}})
+    assert not res.success
+    failure = next(e for e in res.all_events if e.is_step_failure)
+    assert f"127.0.0.1:{port}/v1/chat/completions is unreachable" in str(failure.event_specific_data.error)
+    # back to the default labeler for the other tests
+    assert _run(root, instance, [hs.head_labels, hs.head_scores]).success
