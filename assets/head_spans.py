@@ -84,7 +84,7 @@ def head_spans(context: AssetExecutionContext, config: SpanConfig, store: Artifa
     """Per head × bank the TextSpan top-k texts (rank, score); the replacement accuracy per k in `head_span_replacement`."""
     import torch
 
-    from cliplab.replacement import plot_curve, replacement_curve
+    from cliplab.replacement import plot_curve, replacement_curves
 
     model, dataset = model_and_dataset(context)
     terms = store.read("head_terms", model=model, dataset=dataset).collect()
@@ -120,19 +120,21 @@ def head_spans(context: AssetExecutionContext, config: SpanConfig, store: Artifa
     weights = read_class_weights(store, model, dataset)
     n_heads = None
 
+    bank_rows = {bank: lance.table("text_bank_embeddings").to_polars().filter(mine & (pl.col("bank") == bank))
+                 .select("text_index", "text", "family", "vector").sort("text_index").collect() for bank in banks}
+    # one pass over the spanned layers (each loaded once), every bank TextSpan'd on it
+    results = replacement_curves(kept, earlier, (layer_heads(layer) for layer in spanned),
+                                 {bank: _stack(rows["vector"]) for bank, rows in bank_rows.items()},
+                                 weights, labels, ks=ks, r=rank, head_dim=head_dim)
     picks, curves = [], []
-    for bank in banks:
-        bank_rows = (lance.table("text_bank_embeddings").to_polars().filter(mine & (pl.col("bank") == bank))
-                     .select("text_index", "text", "family", "vector").sort("text_index").collect())
-        curve = replacement_curve(kept, earlier, (layer_heads(layer) for layer in spanned), _stack(bank_rows["vector"]),
-                                  weights, labels, ks=ks, r=rank, head_dim=head_dim)
+    for bank, curve in results.items():
         n_heads = curve.indices.shape[0] // len(spanned)
         # greedy picks do not depend on how many follow: the first config.k picks of the largest-k run
         order = curve.indices[:, :config.k].numpy()
         head_layer = np.repeat(spanned, n_heads)
         head_index = np.tile(np.arange(n_heads), len(spanned))
         for h in range(order.shape[0]):
-            chosen = bank_rows[order[h].tolist()]
+            chosen = bank_rows[bank][order[h].tolist()]
             picks.append(pl.DataFrame({
                 "bank": bank, "layer": int(head_layer[h]), "head": int(head_index[h]), "rank": np.arange(config.k, dtype=np.int32),
                 "text_index": chosen["text_index"], "text": chosen["text"], "family": chosen["family"],

@@ -75,3 +75,32 @@ def test_bad_shapes_are_refused():
         replacement_curve(kept, torch.zeros(N, D), [heads[:, :10]], texts, weights, labels, ks=(1,), r=Q)
     with pytest.raises(CliplabError, match="ks"):
         replacement_curve(kept, torch.zeros(N, D), [heads], texts, weights, labels, ks=(-1,), r=Q)
+
+
+@pytest.mark.parametrize("r", [Q, 10])
+def test_reconstructions_from_one_greedy_run_equal_separate_runs(r):
+    """R(k) from the k_max run's picks == TextSpan run with k texts, for every k (also r above the heads' rank)."""
+    from cliplab.replacement import greedy_reconstructions
+
+    heads, texts, _, _, _ = _planted(2)
+    full = text_span_heads(heads, texts, k=Q, r=r)
+    recon = greedy_reconstructions(heads, texts, full.indices, (0, 1, 2, 4, Q), rank=r)
+    torch.testing.assert_close(recon[0], heads.mean(1, keepdim=True).expand_as(heads))
+    for k in (1, 2, 4, Q):
+        alone = text_span_heads(heads, texts, k=k, r=r)
+        assert torch.equal(alone.indices, full.indices[:, :k])
+        torch.testing.assert_close(recon[k], alone.reconstruction, atol=2e-5, rtol=1e-4)
+    # and the reconstructions differ between k (the test would pass trivially if they did not)
+    assert (recon[1] - recon[Q]).abs().max() > 0.1
+
+
+def test_curves_for_several_banks_match_single_bank_runs():
+    from cliplab.replacement import replacement_curves
+
+    heads, texts, weights, labels, kept = _planted(3)
+    earlier = torch.zeros(N, D)
+    both = replacement_curves(kept, earlier, [heads], {"a": texts, "b": texts.flip(0)}, weights, labels,
+                              ks=(1, 2, Q), r=Q)
+    for name, bank in (("a", texts), ("b", texts.flip(0))):
+        one = replacement_curve(kept, earlier, [heads], bank, weights, labels, ks=(1, 2, Q), r=Q)
+        assert both[name].top1 == one.top1 and torch.equal(both[name].indices, one.indices)
