@@ -87,6 +87,8 @@ def head_spans(context: AssetExecutionContext, config: SpanConfig, store: Artifa
     from cliplab.replacement import plot_curve, replacement_curves
 
     model, dataset = model_and_dataset(context)
+    if config.layers < 1 or config.k < 1:
+        raise CliplabError(f"config layers and k must be ≥ 1; got layers={config.layers}, k={config.k}")
     terms = store.read("head_terms", model=model, dataset=dataset).collect()
     ids = terms.select("image_id").with_row_index("row")
     mine = (pl.col("model") == model) & (pl.col("dataset") == dataset)
