@@ -277,7 +277,7 @@ def grounding_metadata(context, table: pl.LazyFrame, datasets: DatasetCatalog, d
 
 
 class MIConfig(Config):
-    u: int = 50  # |D_ŷ|
+    u: int = 0  # |D_ŷ|; 0 = the dataset's `mi_u` (registry), else the paper's 50
     target: str = "prediction"  # D_ŷ of the zero-shot prediction [paper] or "ground_truth" [reference notebook]
     convention: str = "reference"  # "reference": ln N + ln M + ln c; "textbook": ln N + ln M − ln c
     auc: str = "mean"  # "mean" [reference] or "trapezoid"
@@ -293,17 +293,20 @@ MI_SCHEMA = pa.schema([
 
 @asset(partitions_def=model_dataset, deps=[visual_concept_descriptors, AssetKey("class_descriptors")],
        group_name="mutual_knowledge", kinds={"parquet"})
-def mi_curves(context: AssetExecutionContext, config: MIConfig, store: ArtifactStore) -> MaterializeResult:
+def mi_curves(context: AssetExecutionContext, config: MIConfig, store: ArtifactStore,
+              datasets: DatasetCatalog) -> MaterializeResult:
     """Per image and branch: MI(D_v; D_ŷ) after each removal of D_v's most important descriptor, matches c, AUC."""
     if config.target not in ("prediction", "ground_truth"):
         raise CliplabError(f"target must be 'prediction' or 'ground_truth', not {config.target!r}")
     if config.convention not in CONVENTIONS:
         raise CliplabError(f"unknown MI convention {config.convention!r}; choose one of {CONVENTIONS}")
     model, dataset = model_and_dataset(context)
+    u = config.u or int(datasets.spec(dataset).options.get("mi_u", 50))
     dv = dv_sequences(store.read("visual_concept_descriptors", model=model, dataset=dataset), config.max_descriptors)
-    d_y = (store.read("class_descriptors", model=model, dataset=dataset).filter(pl.col("rank") < config.u)
+    d_y = (store.read("class_descriptors", model=model, dataset=dataset).filter(pl.col("rank") < u)
            .sort("class_index", "rank").group_by("class_index", maintain_order=True).agg("descriptor_index").collect())
     D_y = dict(zip(d_y["class_index"].to_list(), d_y["descriptor_index"].to_list()))
+    d_y_names = store.read("class_descriptors", model=model, dataset=dataset).select("descriptor_index", "descriptor").unique().collect()
     key = "pred" if config.target == "prediction" else "label"
     out = {c: [] for c in MI_SCHEMA.names}
     for image_id, label, pred, branch, D_v in dv.select("image_id", "label", "pred", "branch", "dv").iter_rows():
@@ -313,11 +316,11 @@ def mi_curves(context: AssetExecutionContext, config: MIConfig, store: ArtifactS
                                           curve.tolist(), auc(curve, config.auc))):
             out[c].append(v)
     table = pa.table(out, schema=MI_SCHEMA.with_metadata({
-        "u": str(config.u), "target": config.target, "convention": config.convention, "auc": config.auc}))
+        "u": str(u), "target": config.target, "convention": config.convention, "auc": config.auc}))
     path = store.write("mi_curves", table, model=model, dataset=dataset)
     per_class = class_curves(pl.from_arrow(table))
     store.write("mi_class_curves", per_class, model=model, dataset=dataset)
-    meta = {"dagster/row_count": len(table), "path": MetadataValue.path(path), "u": config.u, "D_ŷ of": config.target,
+    meta = {"dagster/row_count": len(table), "path": MetadataValue.path(path), "u": u, "D_ŷ of": config.target,
             "MI convention": config.convention, "AUC": config.auc}
     for branch in BRANCHES:
         curves = [np.array(c) for c in pl.from_arrow(table).filter(pl.col("branch") == branch)["curve"].to_list()]
@@ -327,6 +330,17 @@ def mi_curves(context: AssetExecutionContext, config: MIConfig, store: ArtifactS
     if len(per_class):
         png = plots.mi_curves(per_class, f"MI dynamics per class: {model} × {dataset}")
         meta |= png_metadata(png, store.figure_path("mi_curves", model, dataset, "mi_curves.png"), "MI curves per class")
+    best = pl.from_arrow(table).filter(pl.col("branch") == "pca").sort("matches", "image_id", descending=[True, False]).head(1)
+    if len(best):
+        image_id, label, pred = best.row(0)[:3]
+        names = dict(store.read("visual_concept_descriptors", model=model, dataset=dataset).select(
+            pl.col("descriptor_index").explode(), pl.col("descriptor").explode()).drop_nulls().unique().collect().iter_rows())
+        names |= dict(d_y_names.iter_rows())
+        D_v = dv.filter((pl.col("image_id") == image_id) & (pl.col("branch") == "pca"))["dv"][0].to_list()
+        target = pred if config.target == "prediction" else label
+        png = plots.venn([names[d] for d in D_v], [names[d] for d in D_y[target][:15]],
+                         f"{image_id}: vision (D_v) / language (D_ŷ, top {min(15, u)}) concepts")
+        meta |= png_metadata(png, store.figure_path("mi_curves", model, dataset, "venn.png"), "vision / language / mutual concepts")
     return MaterializeResult(metadata=meta)
 
 

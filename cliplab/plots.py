@@ -178,13 +178,14 @@ def venn(vision: list[str], language: list[str], title: str) -> bytes:
     both = [d for d in vision if d in set(language)]
     only_v = [d for d in vision if d not in set(both)]
     only_l = [d for d in language if d not in set(both)]
-    fig, ax = plt.subplots(figsize=(8, 4.2))
+    fig, ax = plt.subplots(figsize=(8, 7))
     ax.add_patch(Circle((0.36, 0.5), 0.33, alpha=0.25, color="#377eb8"))
     ax.add_patch(Circle((0.64, 0.5), 0.33, alpha=0.25, color="#e41a1c"))
     for x, items, head in ((0.2, only_v, "vision only"), (0.5, both, "mutual"), (0.8, only_l, "language only")):
         ax.text(x, 0.9, f"{head} ({len(items)})", ha="center", fontsize=8, weight="bold")
         ax.text(x, 0.84, "\n".join(items[:15]), ha="center", va="top", fontsize=6)
-    ax.set(xlim=(0, 1), ylim=(0, 1), title=title)
+    ax.set(xlim=(0, 1), ylim=(0.1, 0.95), title=title)
+    ax.set_aspect("equal")
     ax.axis("off")
     return _png(fig)
 
@@ -194,3 +195,18 @@ def markdown_table(df) -> str:
     head = "| " + " | ".join(df.columns) + " |\n|" + "---|" * len(df.columns) + "\n"
     fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)
     return head + "".join("| " + " | ".join(fmt(v) for v in row) + " |\n" for row in df.iter_rows())
+
+
+def deletion_insertion(curves: dict, title: str) -> bytes:
+    """Mean predicted-class score after each deletion / insertion step, per (branch, order)."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
+    for (branch, order), (deletion, insertion) in curves.items():
+        style = "-" if order == "importance" else "--"
+        for ax, c in zip(axes, (deletion, insertion)):
+            ax.plot(np.arange(len(c)), c, style, label=f"{branch}, {order} order")
+    for ax, name in zip(axes, ("deletion (blur concepts away)", "insertion (restore concepts)")):
+        ax.set(xlabel="concepts", ylabel="predicted-class score (cos × 2.5)", title=name)
+        ax.legend(fontsize=6)
+    fig.suptitle(title)
+    return _png(fig)

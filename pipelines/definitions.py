@@ -11,6 +11,7 @@ from assets import (
     data,
     descriptors,
     encodings,
+    evaluations,
     head_spans,
     heads,
     mutual,
@@ -49,7 +50,8 @@ PARTITIONED = AssetSelection.assets(data.dataset_manifest, data.class_text_embed
 # The default graph on the embedded default: toyworld generated, the toy CLIP trained, then every
 # partitioned asset for (toy-vit.s0 × toyworld). Unpartitioned toy assets run once in the same run.
 DESCRIPTORS = AssetSelection.assets(descriptors.descriptor_embeddings, descriptors.class_descriptors)
-MUTUAL = AssetSelection.assets(mutual.visual_concept_descriptors, mutual.mi_curves, mutual.mi_summary)
+MUTUAL = AssetSelection.assets(mutual.visual_concept_descriptors, mutual.mi_curves, mutual.mi_summary,
+                               mutual.model_comparison, evaluations.concept_eval, evaluations.descriptor_zero_shot)
 main_job = define_asset_job("main", selection=TOY | PARTITIONED | DESCRIPTORS | MUTUAL,
                             description="toyworld + toy CLIP + all partitioned assets for one (model, dataset)")
 analyse_job = define_asset_job("analyse", selection=PARTITIONED,
@@ -71,7 +73,7 @@ defs = Definitions(
     assets=[toy.toyworld, toy.toy_clip, data.dataset_manifest, data.class_text_embeddings, encodings.image_encodings,
             concepts.prominent_patches, concepts.concept_clusters, descriptors.descriptor_embeddings,
             descriptors.class_descriptors, mutual.visual_concept_descriptors, mutual.mi_curves, mutual.mi_summary,
-            mutual.model_comparison,
+            mutual.model_comparison, evaluations.concept_eval, evaluations.descriptor_zero_shot,
             heads.head_contributions, heads.text_bank_embeddings,
             head_spans.head_spans, head_spans.head_labels, head_spans.head_scores, head_spans.head_score_table],
     jobs=[main_job, analyse_job, heads_job, descriptors_job, mutual_job],
