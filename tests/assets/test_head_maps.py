@@ -20,8 +20,8 @@ MODEL, DATASET = "toy-vit.s0", "toyworld"
 SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
-def materialise_heads(root: Path):
-    """head_contributions + text_bank_embeddings (the `heads` job) into `root`, in process."""
+def materialise_heads(root: Path, text_banks: bool = True):
+    """head_contributions (+ text_bank_embeddings: the whole `heads` job) into `root`, in process."""
     from dagster import DagsterInstance, materialize
 
     from assets import heads
@@ -34,7 +34,8 @@ def materialise_heads(root: Path):
     old = os.environ.get("CLIPLAB_REFERENCE_DIR")
     os.environ["CLIPLAB_REFERENCE_DIR"] = str(SHARED_DATA)
     try:
-        result = materialize([heads.head_contributions, heads.text_bank_embeddings], instance=instance,
+        chosen = [heads.head_contributions] + ([heads.text_bank_embeddings] if text_banks else [])
+        result = materialize(chosen, instance=instance,
                              partition_key=partition_key(MODEL, DATASET), resources=resources_from_env(str(root)))
     finally:
         if old is None:
@@ -58,7 +59,7 @@ def heads_root(quick_root, tmp_path_factory):
     src, _, _ = quick_root
     root = tmp_path_factory.mktemp("headmaps") / "artifacts"
     shutil.copytree(src, root)
-    materialise_heads(root)
+    materialise_heads(root, text_banks=False)  # the fast tests read no text bank
     return root
 
 

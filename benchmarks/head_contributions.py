@@ -1,0 +1,145 @@
+"""head_contributions and TextSpan: throughput and memory. Prints a table; not a test.
+
+    python benchmarks/head_contributions.py [--toy-images 2000] [--vit-b16-images 64] [--textspan-n 10000]
+
+Each row runs in a fresh process; peak RSS is that process's (wait4), so rows do not share memory.
+
+1. The real `head_contributions` asset (Dagster, LanceDB) for the toy model on toyworld val (random-init
+   toy weights: speed does not depend on them); images/s from the asset's metadata.
+2. `cliplab.decomposition.decompose_image` on random-init open_clip ViT-B/16 at 224 px, batched, last 4
+   layers (48 heads), token-summed (what the asset stores); and per-token for one image (what a map needs).
+3. `cliplab.textspan.text_span_heads` for the 48 heads of the last 4 layers, one batched call per layer
+   (12 heads), n images × d = 512 contributions and a 3,498-text bank: RANDOM Gaussian data of the right
+   shapes (timing does not depend on the values), k = 5 (CLIP-InterpreT labels) and k = 20 (text-span
+   study), r = 80 (reference).
+CUDA is used when available (--device to force).
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+ASSET = """
+import json, sys
+from dagster import DagsterInstance, materialize
+from assets import heads
+from assets.partitions import partition_key
+from pipelines.definitions import resources_from_env
+from resources.models import ModelZoo
+root = sys.argv[1]
+inst = DagsterInstance.ephemeral()
+inst.add_dynamic_partitions("model", ["toy-vit.s0"]); inst.add_dynamic_partitions("dataset", ["toyworld"])
+res = resources_from_env(root)
+res["zoo"] = ModelZoo(artifacts_root=root, device=sys.argv[2])
+r = materialize([heads.head_contributions], instance=inst, partition_key=partition_key("toy-vit.s0", "toyworld"),
+                resources=res, run_config={"ops": {"head_contributions": {"config": {"batch_size": 128}}}})
+meta = r.asset_materializations_for_node("head_contributions")[0].metadata
+print(json.dumps({"images/s": meta["images/s"].value, "images": meta["images"].value,
+                  "max_err": meta["max |Σ parts − e|"].value}))
+"""
+
+VIT = """
+import json, sys, time
+import open_clip, torch
+from cliplab.decomposition import decompose_image
+n, batch, device = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+torch.manual_seed(0)
+model = open_clip.create_model("ViT-B-16", pretrained=None).to(device).eval()
+x = torch.randn(batch, 3, 224, 224, device=device)
+def sync():
+    if device == "cuda":
+        torch.cuda.synchronize()
+decompose_image(model, x[:2]); sync()  # warm-up
+t0 = time.perf_counter(); done = 0; err = 0.0
+while done < n:
+    dec = decompose_image(model, x)
+    err = max(err, float((dec.total() - dec.embedding).abs().max()))
+    dec.heads.cpu(); done += batch
+sync(); rate = done / (time.perf_counter() - t0)
+t0 = time.perf_counter()
+reps = 5
+for _ in range(reps):
+    tok = decompose_image(model, x[:1], per_token=True).heads_per_token
+    tok.cpu()
+sync()
+print(json.dumps({"images/s": rate, "max_err": err, "per_token_s": (time.perf_counter() - t0) / reps,
+                  "per_token_shape": list(tok.shape)}))
+"""
+
+TEXTSPAN = """
+import json, sys, time
+import torch
+from cliplab.textspan import text_span_heads
+n, m, k, device = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+layers, heads, d = 4, 12, 512
+g = torch.Generator().manual_seed(0)
+T = torch.nn.functional.normalize(torch.randn(m, d, generator=g), dim=-1).to(device)
+C = [torch.randn(heads, n, d, generator=g).to(device) for _ in range(layers)]  # one (12, n, 512) block per layer
+if device == "cuda":
+    torch.cuda.synchronize()
+t0 = time.perf_counter()
+for block in C:
+    out = text_span_heads(block, T, k=k)
+    out.indices.cpu()
+if device == "cuda":
+    torch.cuda.synchronize()
+print(json.dumps({"seconds": time.perf_counter() - t0}))
+"""
+
+
+def run_child(code: str, *args: str) -> tuple[dict, float]:
+    """Run `code` in a fresh Python; (its last stdout line as JSON, its peak RSS in MiB)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-c", code, *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    if status != 0:
+        raise SystemExit(f"benchmark child failed (status {status}): {code.splitlines()[1:4]}")
+    return json.loads(out.strip().splitlines()[-1]), usage.ru_maxrss / 1024
+
+
+def main() -> None:
+    import torch
+    from patch_features import prepare_root
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--toy-images", type=int, default=2000)
+    p.add_argument("--vit-b16-images", type=int, default=64)
+    p.add_argument("--textspan-n", type=int, default=10000)
+    p.add_argument("--textspan-texts", type=int, default=3498)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = p.parse_args()
+    dev = args.device
+    print(f"device {dev}, torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs", flush=True)
+    rows = []
+    res, rss = run_child(ASSET, str(prepare_root(args.toy_images)), dev)
+    rows.append((f"head_contributions asset, toy-vit.s0 × toyworld, {res['images']} images", f"{res['images/s']:.1f} images/s",
+                 rss, f"max |Σ parts − e| {res['max_err']:.2g}"))
+    print(rows[-1], flush=True)
+    batch = 32 if dev == "cpu" else 256
+    res, rss = run_child(VIT, str(args.vit_b16_images), str(batch), dev)
+    rows.append((f"decompose_image ViT-B/16 random init, 224 px, batch {batch}, last 4 layers",
+                 f"{res['images/s']:.2f} images/s", rss, f"max |Σ parts − e| {res['max_err']:.2g}"))
+    rows.append(("  per-token (maps), 1 image, ViT-B/16", f"{res['per_token_s']:.2f} s/image", float("nan"),
+                 f"tensor {res['per_token_shape']}"))
+    print(rows[-2:], flush=True)
+    for k in (5, 20):
+        res, rss = run_child(TEXTSPAN, str(args.textspan_n), str(args.textspan_texts), str(k), dev)
+        rows.append((f"TextSpan 48 heads (4 × 12 batched), n = {args.textspan_n}, {args.textspan_texts} texts, k = {k}",
+                     f"{res['seconds']:.1f} s", rss, "random data, d = 512, r = 80"))
+        print(rows[-1], flush=True)
+    print(f"\n{'what':80} {'speed':>16} {'peak RSS MiB':>13}  note")
+    for what, speed, rss, note in rows:
+        print(f"{what:80} {speed:>16} {rss:13.0f}  {note}")
+
+
+if __name__ == "__main__":
+    main()
