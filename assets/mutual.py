@@ -116,6 +116,7 @@ def visual_concept_descriptors(context: AssetExecutionContext, config: VisualCon
     """D_v: per image and concept (both branches) the visual-prompt embedding and its top-k descriptors by OT."""
     import torch
     import torch.nn.functional as F
+    from torchvision.transforms.functional import gaussian_blur
 
     model, dataset = model_and_dataset(context)
     layout = pq.read_schema(store.table_path("patch_features", model=model, dataset=dataset)).metadata
@@ -161,7 +162,8 @@ def visual_concept_descriptors(context: AssetExecutionContext, config: VisualCon
             img_idx, slot = present.nonzero(as_tuple=True)
             pixel_regions = F.interpolate(regions[img_idx, slot][:, None].float(), size=(H, W), mode="nearest")[:, 0] > 0.5
             ellipses = fit_ellipse(pixel_regions)  # (K, 5)
-            prompts = visual_prompts(pixels[img_idx], ellipses, config.blur_kernel, config.blur_sigma)
+            blurred = gaussian_blur(pixels, [config.blur_kernel] * 2, [config.blur_sigma] * 2)
+            prompts = visual_prompts(pixels[img_idx], ellipses, blurred=blurred[img_idx])
             with torch.inference_mode():
                 image_emb = F.normalize(encode(images), dim=-1)  # (B, d)
                 feats = concept_features(lambda x: encode((x - mean) / std), prompts)  # (K, d)
@@ -225,7 +227,8 @@ def visual_concept_descriptors(context: AssetExecutionContext, config: VisualCon
     meta |= grounding_metadata(context, table, datasets, dataset, bank, config.max_descriptors)
     if drawn:
         rows = table.filter(pl.col("image_id").is_in([i for i, _ in drawn]) & (pl.col("branch") == "pca")).collect()
-        png = plots.concept_overlays([img for _, img in drawn], [rows.filter(pl.col("image_id") == i) for i, _ in drawn])
+        png = plots.concept_overlays([img for _, img in drawn], [rows.filter(pl.col("image_id") == i) for i, _ in drawn],
+                                     [grids["pca"][i].reshape(grid) for i, _ in drawn])
         meta |= png_metadata(png, store.figure_path("visual_concept_descriptors", model, dataset, "overlays.png"),
                              "concept overlays (PCA branch)")
     context.log.info(f"visual concepts {model} × {dataset}: {n_rows} concept rows, {progress.rate:.1f} images/s")

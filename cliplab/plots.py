@@ -104,18 +104,26 @@ def _plt():
     return plt
 
 
-def concept_overlays(images: list[np.ndarray], concepts: list, title: str = "") -> bytes:
-    """Each image (H, W, 3) in [0, 1] with its concepts' ellipses, and beside it their descriptors.
+def concept_overlays(images: list[np.ndarray], concepts: list, grids: list[np.ndarray], title: str = "") -> bytes:
+    """Each image (H, W, 3) in [0, 1] with its concept patches coloured and their ellipses, beside it their descriptors.
 
-    concepts: per image a frame with columns concept, ellipse [(cx, cy, a, b, θ)], descriptor [list].
+    concepts: per image a frame with columns concept, ellipse [(cx, cy, a, b, θ)], descriptor [list];
+    grids: per image (h, w) concept id per patch, −1 off the concepts.
     """
+    from matplotlib.colors import to_rgb
     from matplotlib.patches import Ellipse
 
     plt = _plt()
     n = len(images)
     fig, axes = plt.subplots(n, 2, figsize=(6.5, 2.4 * n), squeeze=False, gridspec_kw={"width_ratios": [1, 1.7]})
-    for (ax, text), image, rows in zip(axes, images, concepts):
-        ax.imshow(image, interpolation="nearest")
+    for (ax, text), image, rows, grid in zip(axes, images, concepts, grids):
+        H, W = image.shape[:2]
+        ids = np.kron(grid, np.ones((H // grid.shape[0], W // grid.shape[1]), dtype=grid.dtype))
+        tint = np.array([to_rgb(CONCEPT_COLOURS[i % len(CONCEPT_COLOURS)]) for i in range(max(int(grid.max()) + 1, 1))])
+        shown = image.copy()
+        on = ids >= 0
+        shown[on] = 0.5 * image[on] + 0.5 * tint[ids[on]]
+        ax.imshow(shown, interpolation="nearest")
         ax.axis("off")
         text.axis("off")
         y = 0.95

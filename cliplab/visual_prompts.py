@@ -93,17 +93,20 @@ def grayscale(images: torch.Tensor) -> torch.Tensor:
 
 
 def visual_prompts(images: torch.Tensor, ellipses: torch.Tensor, blur_kernel: int = 11,
-                   blur_sigma: float = 2.0) -> torch.Tensor:
+                   blur_sigma: float = 2.0, blurred: torch.Tensor | None = None) -> torch.Tensor:
     """The three prompts of step 6 for K (image, concept) pairs: (K, 3, H, W) in [0, 1] → (K, 3, 3, H, W).
 
     Along dim 1: red outline, reverse-grayscale, reverse-blur (PROMPTS order); the outline is drawn
-    last on all three.
+    last on all three. `blurred`: the images already blurred (callers with several concepts per image
+    blur each image once); otherwise computed here.
     """
     filled, outline = ellipse_masks(ellipses, images.shape[-2:])
     inside, line = filled[:, None], outline[:, None]
     red = torch.tensor(RED, dtype=images.dtype, device=images.device)[None, :, None, None]
     gray = torch.where(inside, images, grayscale(images))
-    blurred = torch.where(inside, images, gaussian_blur(images, [blur_kernel, blur_kernel], [blur_sigma, blur_sigma]))
+    if blurred is None:
+        blurred = gaussian_blur(images, [blur_kernel, blur_kernel], [blur_sigma, blur_sigma])
+    blurred = torch.where(inside, images, blurred)
     prompts = torch.stack([images, gray, blurred], dim=1)
     return torch.where(line[:, None], red[:, None], prompts)
 
