@@ -118,6 +118,20 @@ def energy_ratio(maps: np.ndarray, mask: np.ndarray) -> float:
     return float(inside / outside) if outside > 0 else float("inf")
 
 
+def topic_maps(tokens, texts, grid: tuple[int, int], patch_size: tuple[int, int],
+               subtract_mean: bool = True) -> np.ndarray:
+    """``topic_segmentation``'s maps for B images at once: tokens (B, N, d), texts (T, d) → (B, T, H, W)."""
+    tokens = torch.as_tensor(tokens, dtype=torch.float32)
+    texts = torch.as_tensor(texts, dtype=torch.float32)
+    gh, gw = grid
+    if tokens.dim() != 3 or tokens.shape[1] != gh * gw + 1:
+        raise CliplabError(f"tokens must be (B, {gh * gw + 1}, d); got {tuple(tokens.shape)}")
+    patch = (tokens[:, 1:] @ texts.T).permute(0, 2, 1).reshape(len(tokens), len(texts), gh, gw)  # (B, T, gh, gw)
+    if subtract_mean and len(texts) > 1:
+        patch = patch - patch.mean(1, keepdim=True)
+    return F.interpolate(patch, scale_factor=tuple(patch_size), mode="bilinear", align_corners=False).numpy()
+
+
 def energy_ratios(tokens, texts, masks: np.ndarray, grid: tuple[int, int], patch_size: tuple[int, int],
                   subtract_mean: bool = True) -> np.ndarray:
     """Per image the ``energy_ratio`` of one head's topic maps: (B,).
@@ -126,16 +140,23 @@ def energy_ratios(tokens, texts, masks: np.ndarray, grid: tuple[int, int], patch
     (e.g. the head's top TextSpan texts); masks: (B, H, W) bool object masks at the model's input
     resolution. Maps as ``topic_segmentation`` (mean over texts subtracted when T > 1).
     """
-    tokens = torch.as_tensor(tokens, dtype=torch.float32)
-    texts = torch.as_tensor(texts, dtype=torch.float32)
-    gh, gw = grid
-    if tokens.dim() != 3 or tokens.shape[1] != gh * gw + 1 or len(masks) != len(tokens):
-        raise CliplabError(f"tokens must be (B, {gh * gw + 1}, d) with B = {len(masks)} masks; got {tuple(tokens.shape)}")
-    patch = (tokens[:, 1:] @ texts.T).permute(0, 2, 1).reshape(len(tokens), len(texts), gh, gw)  # (B, T, gh, gw)
-    if subtract_mean and len(texts) > 1:
-        patch = patch - patch.mean(1, keepdim=True)
-    maps = F.interpolate(patch, scale_factor=tuple(patch_size), mode="bilinear", align_corners=False).numpy()
+    if len(masks) != len(tokens):
+        raise CliplabError(f"{len(tokens)} images of tokens but {len(masks)} masks")
+    maps = topic_maps(tokens, texts, grid, patch_size, subtract_mean)
     return np.array([energy_ratio(m, k) for m, k in zip(maps, masks)])
+
+
+def region_means(maps: np.ndarray, regions: np.ndarray, n_regions: int) -> np.ndarray:
+    """Mean of each map over each labelled region: maps (B, T, H, W), regions (B, H, W) int in
+    0..n_regions−1 → (B, n_regions, T); NaN for a region absent from an image."""
+    maps, regions = np.asarray(maps, np.float64), np.asarray(regions)
+    if maps.shape[0] != regions.shape[0] or maps.shape[2:] != regions.shape[1:]:
+        raise CliplabError(f"maps {maps.shape} and regions {regions.shape} do not match")
+    b, t = maps.shape[:2]
+    one_hot = (regions.reshape(b, -1, 1) == np.arange(n_regions)).astype(np.float64)  # (B, P, R)
+    sums = np.einsum("bpr,btp->brt", one_hot, maps.reshape(b, t, -1))
+    counts = one_hot.sum(1)[..., None]  # (B, R, 1)
+    return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
 
 
 def overlay(image: np.ndarray, heat: np.ndarray, bound: float, alpha: float = 0.6) -> np.ndarray:

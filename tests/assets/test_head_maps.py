@@ -180,7 +180,7 @@ def test_bad_input_is_named(heads_root, tmp_path):
 
 @pytest.mark.slow
 def test_attribute_family_heads_put_their_map_energy_on_the_object(trained_root, tmp_path_factory):
-    """Ground truth on toyworld (trained toy CLIP).
+    """Ground truth on toyworld (trained toy CLIP); the numbers are in the README.
 
     Per head: TextSpan (k = 5, reference r = 80) over the toyworld phrase bank on the stored contributions;
     its family = the family of ≥ 3 of its 5 texts ("mainly"), else none. Per image: topic maps of the head's
@@ -188,26 +188,37 @@ def test_attribute_family_heads_put_their_map_energy_on_the_object(trained_root,
     (pixels at the model's 64 px input); per head the geometric mean over images (per-image ratios are
     heavy-tailed), per family the mean over its heads. Controls: the same maps scored against another
     image's mask (seeded shuffle) and maps of 5 random unit directions in place of the texts.
+
+    Colour read-out (is a map about its text?): maps of "something <c>" for the 11 palette colours (mean over
+    them subtracted); for every coloured part of every image, the colour whose map has the highest mean over
+    the part's pixels; top-1 vs the true colour (chance 1/11), per head and with all 16 heads summed, on all
+    parts and on parts whose colour is not their class's most common one for that part.
     """
     src = trained_root[0]
     root = tmp_path_factory.mktemp("headmaps-trained") / "artifacts"
     shutil.copytree(src, root)
     materialise_heads(root)
     report = family_energy(root, n_images=600, seed=0)
-    print("\n" + str(report["heads"]) + "\n" + str(report["families"]))
+    print("\n" + str(report["heads"]) + "\n" + str(report["families"]) + "\n" + str(report["colour_summed"]))
     fam = report["families"]
     assert len(fam) >= 1
     # every family whose heads are "mainly" of it concentrates the energy on the object, beyond the centre bias
     assert (fam["energy_ratio"] > 1.5).all()
     assert (fam["energy_ratio"] > fam["shuffled_mask_ratio"]).all()
+    # the maps of all heads together read the parts' colours far above chance, also for atypical colours
+    summed = report["colour_summed"]
+    assert summed["top1_all"][0] > 3 / 11 and summed["top1_atypical"][0] > 3 / 11
 
 
 def family_energy(root: Path, n_images: int, seed: int) -> dict:
-    """Per head and per family the energy ratios of the docstring above (a polars frame each)."""
+    """Per head and per family the energy ratios and colour read-out of the docstring above (polars frames)."""
+    import json
+
     import torch
 
+    from cliplab import toyworld
     from cliplab.decomposition import decompose_image
-    from cliplab.head_maps import energy_ratios
+    from cliplab.head_maps import energy_ratios, region_means, topic_maps
     from cliplab.textspan import text_span_heads
     from resources.datasets import DatasetCatalog
 
@@ -223,20 +234,42 @@ def family_energy(root: Path, n_images: int, seed: int) -> dict:
     pm_ids, part_maps = catalog.part_maps(DATASET)
     where = {i: k for k, i in enumerate(pm_ids)}
     m = an.m
+    n_layers = len(m.model.visual.transformer.resblocks)
     tokens, got = [], []
     for rows, images in catalog.image_batches(catalog.open(DATASET), m.preprocess, 100):
-        tokens.append(decompose_image(m.model, images, layers=len(m.model.visual.transformer.resblocks),
-                                      per_token=True).heads_per_token.numpy())
+        tokens.append(decompose_image(m.model, images, layers="all", per_token=True).heads_per_token.numpy())
         got += rows["image_id"].to_list()
         if len(got) >= n_images:
             break
-    tokens = np.concatenate(tokens)[:n_images]  # (B, L, H, N, d)
-    masks = part_maps[[where[i] for i in got[:n_images]]] > 0
+    tokens, got = np.concatenate(tokens)[:n_images], got[:n_images]  # (B, L, H, N, d), every layer
+    assert tokens.shape[1] == n_layers
+    regions = part_maps[[where[i] for i in got]]
+    masks = regions > 0
     rng = np.random.default_rng(seed)
     shuffled = masks[rng.permutation(len(masks))]
     random_texts = rng.normal(size=(5, T.shape[1])).astype(np.float32)
     random_texts /= np.linalg.norm(random_texts, axis=1, keepdims=True)
     grid, patch = tuple(m.model.visual.grid_size), tuple(m.model.visual.patch_size)
+
+    # colour ground truth: (image, part id, colour index), and whether the colour is atypical for (class, part)
+    meta = pl.read_parquet(catalog.toyworld_path("val"), columns=["image_id", "class_name", "attributes"])
+    meta = {r["image_id"]: r for r in meta.to_dicts()}
+    palette = list(toyworld.PALETTE)
+    truth = [(b, toyworld.PART_NAMES.index(k.split(":", 1)[1]), palette.index(v), meta[i]["class_name"], k)
+             for b, i in enumerate(got) for k, v in json.loads(meta[i]["attributes"]).items() if k.startswith("colour:")]
+    counts = Counter((cls, key, c) for _, _, c, cls, key in truth)
+    typical = {}
+    for (cls, key, c), n in sorted(counts.items()):
+        if n > counts.get((cls, key, typical.get((cls, key), -1)), 0):
+            typical[(cls, key)] = c
+    atypical = [t for t in truth if typical[(t[3], t[4])] != t[2]]
+    colour_texts = an.encode_texts([f"something {c}" for c in palette])
+
+    def colour_top1(tok) -> tuple[float, float]:
+        means = region_means(topic_maps(tok, colour_texts, grid, patch), regions, len(toyworld.PART_NAMES))
+        def acc(sel):
+            return float(np.mean([np.argmax(means[b, pid]) == c for b, pid, c, _, _ in sel]))
+        return acc(truth), acc(atypical)
 
     def geo(x):
         return float(np.exp(np.nanmean(np.log(x))))
@@ -246,13 +279,19 @@ def family_energy(root: Path, n_images: int, seed: int) -> dict:
         family, n = Counter(families[i] for i in spans[p]).most_common(1)[0]
         texts = T[spans[p]].numpy()
         tok = tokens[:, layer, head]
+        top1_all, top1_atypical = colour_top1(tok)
         rows.append({"layer": layer, "head": head, "family": family if n >= 3 else "", "n_family": n,
                      "texts": " | ".join(bank["text"][int(i)] for i in spans[p]),
                      "energy_ratio": geo(energy_ratios(tok, texts, masks, grid, patch)),
                      "shuffled_mask_ratio": geo(energy_ratios(tok, texts, shuffled, grid, patch)),
-                     "random_text_ratio": geo(energy_ratios(tok, random_texts, masks, grid, patch))})
+                     "random_text_ratio": geo(energy_ratios(tok, random_texts, masks, grid, patch)),
+                     "colour_top1": top1_all, "colour_top1_atypical": top1_atypical})
     heads = pl.DataFrame(rows)
     fam = (heads.filter(pl.col("family") != "").group_by("family")
-           .agg(pl.len().alias("heads"), pl.col("energy_ratio", "shuffled_mask_ratio", "random_text_ratio").mean())
+           .agg(pl.len().alias("heads"), pl.col("energy_ratio", "shuffled_mask_ratio", "random_text_ratio",
+                                                "colour_top1", "colour_top1_atypical").mean())
            .sort("family"))
-    return {"heads": heads, "families": fam}
+    top1_all, top1_atypical = colour_top1(tokens.sum((1, 2)))
+    summed = pl.DataFrame({"heads": [len(pairs)], "parts": [len(truth)], "atypical_parts": [len(atypical)],
+                           "top1_all": [top1_all], "top1_atypical": [top1_atypical], "chance": [1 / len(palette)]})
+    return {"heads": heads, "families": fam, "colour_summed": summed}

@@ -14,6 +14,8 @@ from cliplab.head_maps import (
     heat_overlay,
     overlay,
     patch_scores,
+    region_means,
+    topic_maps,
     topic_segmentation,
     upsample,
 )
@@ -136,6 +138,23 @@ def test_energy_ratios_per_image_match_the_single_image_maps():
     assert energy_ratios(on[None], np.stack([a, b]), mask[None], GRID, PATCH)[0] > 3
     off = planted_tokens(~inside, a, 0 * b)
     assert energy_ratios(off[None], np.stack([a, b]), mask[None], GRID, PATCH)[0] < 1 / 3
+
+
+def test_region_means_hand_computed_and_batched_maps_match_single_ones():
+    maps = np.arange(2 * 2 * 2 * 3, dtype=float).reshape(2, 2, 2, 3)  # (B=2, T=2, H=2, W=3)
+    regions = np.array([[[0, 0, 1], [1, 1, 2]], [[0, 0, 0], [0, 0, 0]]])
+    got = region_means(maps, regions, 3)
+    assert got.shape == (2, 3, 2)
+    np.testing.assert_allclose(got[0, :, 0], [0.5, (2 + 3 + 4) / 3, 5])
+    np.testing.assert_allclose(got[0, :, 1], [6.5, (8 + 9 + 10) / 3, 11])
+    np.testing.assert_allclose(got[1, 0], [maps[1, 0].mean(), maps[1, 1].mean()])
+    assert np.isnan(got[1, 1:]).all()  # regions 1, 2 absent from image 1
+    rng = np.random.default_rng(7)
+    tokens, texts = rng.normal(size=(3, 13, D)), unit(rng, 4)
+    batched = topic_maps(tokens, texts, GRID, PATCH)
+    for i in range(3):
+        np.testing.assert_allclose(batched[i], topic_segmentation(tokens[i], texts, list("abcd"), GRID, PATCH).maps,
+                                   atol=1e-6)
 
 
 def test_overlay_colours_saturate_instead_of_wrapping():
