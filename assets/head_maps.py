@@ -190,7 +190,7 @@ class HeadAnalyses:
         label = prop or ",".join(f"{l}.{h}" for l, h in heads)
         png = neighbour_grid(image.view, self.views(frame["image_id"].to_list()), frame, "cosine",
                              f"{image.name}\nheads: {label}")
-        return frame.with_columns(pl.lit(label).alias("property")), png
+        return frame.with_columns(pl.lit(label).alias("property"), pl.lit(len(heads)).alias("heads")), png
 
     def property_heads(self, prop: str | None) -> list[tuple[int, int]]:
         from cliplab.head_scores import normalise_label

@@ -89,7 +89,7 @@ def test_image_and_text_neighbours(root, tmp_path):
     assert "shape: (3, 6)" in p.stdout and "a dotted pattern" in p.stdout
     p = heads(root, tmp_path, "property-nn", "--image-id", image_id, "--heads", "3.0,3.1")
     assert p.returncode == 0, p.stderr[-3000:]
-    assert "shape: (4, 4)" in p.stdout and "cosine" in p.stdout
+    assert "shape: (4, 5)" in p.stdout and "cosine" in p.stdout
 
 
 def test_bad_input_is_one_clear_line(root, tmp_path):
