@@ -59,10 +59,10 @@ class HeadIndex:
         cells = " OR ".join(f"(layer = {int(l)} AND head = {int(h)})" for l, h in pairs)
         rows = (self._table(HEADS_TABLE).search().where(f"{self.scope} AND ({cells})")
                 .select(["image_id", "layer", "head", "vector"]).limit(None).to_polars())
-        order = {p: i for i, p in enumerate(pairs)}
-        rows = (rows.with_columns(pl.struct("layer", "head").map_elements(lambda s: order[(s["layer"], s["head"])],
-                                                                          return_dtype=pl.Int64).alias("slot"))
-                .sort("image_id", "slot"))
+        slots = pl.DataFrame({"layer": [l for l, _ in pairs], "head": [h for _, h in pairs],
+                              "slot": range(len(pairs))}, schema_overrides={"layer": rows["layer"].dtype,
+                                                                            "head": rows["head"].dtype})
+        rows = rows.join(slots, on=["layer", "head"]).sort("image_id", "slot")
         ids = rows["image_id"].unique(maintain_order=True).to_list()
         if len(rows) != len(ids) * len(pairs):
             raise CliplabError(f"head_contributions for model={self.model} dataset={self.dataset} is incomplete: "
