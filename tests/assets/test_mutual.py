@@ -151,3 +151,51 @@ def test_model_comparison_without_summaries_says_so(tmp_path):
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)
     assert "mi_summary" in str(failure.step_failure_data.error)
+
+
+def test_chain_on_a_folder_with_a_one_image_class_and_a_blank_image(quick_root, tmp_path):
+    """The reference crashes on a class with one image and on an image without foreground; here they run through."""
+    import json
+    import shutil
+
+    from PIL import Image
+
+    from assets import concepts, data, descriptors, encodings
+
+    src, _, _ = quick_root
+    root = tmp_path / "artifacts"
+    shutil.copytree(src / "checkpoints", root / "checkpoints")
+    batch = tw.generate(0, "val", 24)
+    folder = tmp_path / "folder"
+    kept = {"house": 2, "car": 1, "tree": 2}  # 24 samples hold two of each class
+    for image, label in zip(batch.images, batch.labels):
+        name = tw.class_names()[label]
+        if kept.get(name, 0) > 0:
+            kept[name] -= 1
+            p = folder / name / f"{kept[name]}.png"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(p)
+    Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(folder / "tree" / "blank.png")
+    desc = tmp_path / "descriptors.json"
+    desc.write_text(json.dumps({c: tw.descriptors()[c] for c in ("car", "house", "tree")}))
+    registry = tmp_path / "registry.toml"
+    registry.write_text(f'[datasets.tiny]\nkind = "imagefolder"\nroot = "{folder}"\ndescriptors = "{desc}"\n')
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("model", ["toy-vit.s0"])
+    instance.add_dynamic_partitions("dataset", ["tiny"])
+    chain = [data.dataset_manifest, data.class_text_embeddings, encodings.image_encodings, concepts.prominent_patches,
+             concepts.concept_clusters, descriptors.descriptor_embeddings, descriptors.class_descriptors,
+             mutual.visual_concept_descriptors, mutual.mi_curves, mutual.mi_summary]
+    result = materialize(chain, resources=resources_from_env(str(root), registry=str(registry)), instance=instance,
+                         partition_key=partition_key("toy-vit.s0", "tiny"),
+                         run_config={"ops": {"concept_clusters": {"config": {"L": 5}}}})
+    assert result.success
+    read = lambda a: pl.read_parquet(root / a / "model=toy-vit.s0" / "dataset=tiny" / "part-0.parquet")
+    masks = read("prominent_patches")
+    assert masks.height == 6 and masks.filter(pl.col("label") == 0).height == 1  # "car" sorts first: the one-image class
+    curves = read("mi_curves")
+    with_region = set(masks.filter(~pl.col("no_prominent_region"))["image_id"])
+    assert set(curves["image_id"]) == with_region
+    # D_ŷ has at most |D| descriptors here (fewer than u = 50): MI uses all of them
+    bank = dict.fromkeys(d for c in ("car", "house", "tree") for d in tw.descriptors()[c])
+    assert read("class_descriptors").group_by("class_index").len()["len"].max() == len(bank) == 19
