@@ -545,19 +545,20 @@ _PREFIXES = ("a photo of", "a picture of", "a drawing of", "an image of", "")
 # Captions that only name the class ("a photo of a house."), as alt-text often does. Long captions
 # mostly teach colours and counts; the short ones carry the class signal zero-shot transfer needs.
 SHORT_CAPTION_P = 0.55
-# Captions that describe the class the way descriptor banks do ("a house, which has a triangular roof
-# and square windows."), as encyclopaedic alt-text does: without them the toy CLIP's text tower never
-# meets the descriptors that mutual knowledge explains images with.
+# Captions made of the class's descriptors alone ("something with a triangular roof and square
+# windows."), without the class name: without them the toy CLIP's text tower never has to tie the
+# descriptors that mutual knowledge explains images with to what they show (with the class name in
+# the same caption, the name alone solves the contrastive task and the descriptors are ignored).
 DESCRIPTOR_CAPTION_P = 0.2
 
 
 def _caption(rng, spec: ClassSpec, attrs: dict) -> str:
-    """A caption that always names the class; most also name some parts with their attributes."""
+    """A caption that names the class (most also some parts with their attributes) or lists its descriptors."""
     kind = rng.random()
     if kind >= SHORT_CAPTION_P and kind < SHORT_CAPTION_P + DESCRIPTOR_CAPTION_P:
         k = int(rng.integers(1, 3))
         chosen = [spec.descriptors[i] for i in sorted(rng.choice(len(spec.descriptors), size=k, replace=False))]
-        return f"{_article(spec.name)} {spec.name}, which has {' and '.join(chosen)}."
+        return f"something with {' and '.join(chosen)}."
     if kind < SHORT_CAPTION_P:
         # Only templates whose size word (if any) agrees with the drawn size.
         wrong = [w for w in SIZES if w != attrs["size"]]
