@@ -200,7 +200,18 @@ def test_toyworld_ground_truth_families_labels_and_float16(trained_root, tmp_pat
                        on=["bank", "layer", "head"]).sort("layer", "head").with_columns(labels["label"])
     truth = hs.family_agreement(labels, TOYWORLD_FAMILY_LABELS)
     families = [f for _, f in toyworld.phrase_bank()]
-    rng = np.random.default_rng(0)  # majority share of 5 phrases drawn at random from the bank
+    names = sorted(set(families))
+    bank_share = np.array([families.count(f) / len(families) for f in names])
+
+    def departure(picked) -> float:
+        """Total variation distance between the families of a set of picks and the bank's family mix."""
+        counts = Counter(picked)
+        return 0.5 * float(np.abs(np.array([counts[f] / len(picked) for f in names]) - bank_share).sum())
+
+    rng = np.random.default_rng(0)  # null: each head's 5 picks drawn at random from the bank
+    n_heads = len(top5)
+    null = [departure([f for _ in range(n_heads) for f in rng.choice(families, 5, replace=False)]) for _ in range(2000)]
+    picked = spans.filter(pl.col("rank") < 5)["family"].to_list()
     random_share = np.mean([max(Counter(rng.choice(families, 5, replace=False)).values()) / 5 for _ in range(5000)])
     # a stricter control than random labels: the same labels shuffled across heads (seeded permutations)
     shuffled = np.mean([hs.family_agreement(labels.with_columns(pl.Series("label", rng.permutation(labels["label"].to_list()))),
@@ -210,10 +221,12 @@ def test_toyworld_ground_truth_families_labels_and_float16(trained_root, tmp_pat
         print(f"\n{report}\nfamilies of all top-5 picks: {Counter(spans.filter(pl.col('rank') < 5)['family'])}"
               f"\nlabel names the majority family of the top 5: {truth['agreement']:.3f} of {truth['heads']} heads "
               f"(random label: {truth['chance']:.3f}, labels shuffled across heads: {shuffled:.3f}); mean majority share {report['share'].mean():.3f} "
-              f"(5 random phrases: {random_share:.3f})\n{rep}")
+              f"(5 random phrases: {random_share:.3f})\nfamily mix of the top-5 picks vs the bank's: total variation "
+              f"{departure(picked):.3f} (random picks: mean {np.mean(null):.3f}, 99th percentile {np.quantile(null, 0.99):.3f})\n{rep}")
     assert truth["agreement"] >= max(0.5, 4 * truth["chance"])
     assert truth["agreement"] > shuffled
-    assert report["share"].mean() > random_share  # the heads' top texts are more family-pure than chance
+    # TextSpan's picks are not random draws from the bank: their family mix departs from it far more
+    assert departure(picked) > np.quantile(null, 0.99)
     for _, group in rep.group_by("bank"):
         assert group["top1"][-1] >= group["top1"][0]
         assert group["top1"][-1] >= group["baseline_top1"][0] - 0.02  # 20 texts per head ≈ the exact accuracy
