@@ -110,7 +110,8 @@ def image_encodings(context: AssetExecutionContext, config: EncodeConfig, datase
                 }, schema=feats.schema))
             progress.update(len(rows))
     progress.close()
-    throughput = {"images": progress.done, "seconds": round(progress.seconds, 2), "images/s": round(progress.rate, 1), "device": m.device}
+    throughput = {"images": progress.done, "seconds": round(progress.seconds, 2), "images/s": round(progress.rate, 1), "device": m.device,
+                  "resize mode": zoo.resize_mode}
     if preds is not None:
         per_class = np.divide(correct[0], correct[1], out=np.zeros_like(correct[0]), where=correct[1] > 0)
         top1 = float(correct[0].sum() / max(1, correct[1].sum()))

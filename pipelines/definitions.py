@@ -27,14 +27,15 @@ from resources.store import ArtifactStore
 
 
 def resources_from_env(root: str | None = None, registry: str | None = None) -> dict:
-    """Resources configured from CLIPLAB_ARTIFACTS (root folder or URI), CLIPLAB_REGISTRY, CLIPLAB_DEVICE,
+    """Resources configured from CLIPLAB_ARTIFACTS (root folder or URI), CLIPLAB_REGISTRY, CLIPLAB_DEVICE, CLIPLAB_RESIZE_MODE,
     CLIPLAB_REFERENCE_DIR (a folder laid out like shared/data holding the published reference files)."""
     root = root or os.environ.get("CLIPLAB_ARTIFACTS", "./artifacts")
     registry = registry or os.environ.get("CLIPLAB_REGISTRY", "registry.toml")
     return {
         "store": ArtifactStore(root=root),
         "lance": LanceStore(uri=f"{root.rstrip('/')}/lancedb"),
-        "zoo": ModelZoo(registry=registry, artifacts_root=root, device=os.environ.get("CLIPLAB_DEVICE", "auto")),
+        "zoo": ModelZoo(registry=registry, artifacts_root=root, device=os.environ.get("CLIPLAB_DEVICE", "auto"),
+                        resize_mode=os.environ.get("CLIPLAB_RESIZE_MODE", "shortest")),
         "datasets": DatasetCatalog(registry=registry, artifacts_root=root,
                                    num_workers=int(os.environ.get("CLIPLAB_LOADER_WORKERS", "0"))),
         "reference": ReferenceData(cache_dir=f"{root.rstrip('/')}/reference",

@@ -26,6 +26,7 @@ from cliplab.errors import CliplabError
 from resources.registry import ModelSpec, load_registry, validate_key
 
 CONFIG_FILE = "open_clip_config.json"
+RESIZE_MODES = ("shortest", "squash")
 WEIGHTS_FILE = "open_clip_model.safetensors"
 _CACHE: dict[tuple, "LoadedModel"] = {}
 
@@ -189,6 +190,9 @@ class ModelZoo(ConfigurableResource):
     artifacts_root: str = "./artifacts"
     device: str = "auto"
     cache_dir: str = ""
+    # image preprocessing: "shortest" = open_clip's val transform (resize the short side, centre crop);
+    # "squash" = the mutual-knowledge reference (resize to the model's size, no crop)
+    resize_mode: str = "shortest"
 
     def checkpoint_dir(self, key: str) -> Path:
         return Path(self.artifacts_root) / "checkpoints" / validate_key(key, "model key")
@@ -213,7 +217,7 @@ class ModelZoo(ConfigurableResource):
     def load(self, key: str) -> LoadedModel:
         spec = self.spec(key)
         device = pick_device(self.device)
-        cache_key = (key, device, str(Path(self.artifacts_root).resolve()), self._fingerprint(spec))
+        cache_key = (key, device, str(Path(self.artifacts_root).resolve()), self._fingerprint(spec), self.resize_mode)
         if cache_key not in _CACHE:
             _CACHE.clear()  # one model in memory at a time: GPU memory is the scarce thing
             _CACHE[cache_key] = self._load(spec, device)
@@ -263,13 +267,14 @@ class ModelZoo(ConfigurableResource):
         return self._finish(spec, model, open_clip.get_tokenizer(arch), pick_device(self.device),
                             open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD)
 
-    @staticmethod
-    def _finish(spec, model, tokenizer, device, mean, std) -> LoadedModel:
+    def _finish(self, spec, model, tokenizer, device, mean, std) -> LoadedModel:
         import open_clip
 
+        if self.resize_mode not in RESIZE_MODES:
+            raise CliplabError(f"resize_mode must be one of {RESIZE_MODES}, not {self.resize_mode!r}")
         model = model.to(device).eval()
         size = model.visual.image_size
         size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
-        preprocess = open_clip.image_transform(size, is_train=False, mean=mean, std=std)
+        preprocess = open_clip.image_transform(size, is_train=False, mean=mean, std=std, resize_mode=self.resize_mode)
         family = "resnet" if hasattr(model.visual, "attnpool") else "vit"
         return LoadedModel(spec.key, spec, model, preprocess, tokenizer, device, size, tuple(mean), tuple(std), family)
