@@ -60,38 +60,17 @@ def add_parser(sub) -> None:
     p.add_argument("--k", type=int, default=4)
 
 
-def resources(root: str | None) -> dict:
-    """The four resources the analyses use, configured as `pipelines.definitions.resources_from_env` does
-    (CLIPLAB_ARTIFACTS, CLIPLAB_REGISTRY, CLIPLAB_DEVICE, CLIPLAB_LOADER_WORKERS) but without importing
-    every asset module of the code location: a CLI call starts seconds sooner."""
-    import os
-
-    from resources.datasets import DatasetCatalog
-    from resources.lance import LanceStore
-    from resources.models import ModelZoo
-    from resources.store import ArtifactStore
-
-    root = root or os.environ.get("CLIPLAB_ARTIFACTS", "./artifacts")
-    registry = os.environ.get("CLIPLAB_REGISTRY", "registry.toml")
-    return {
-        "store": ArtifactStore(root=root),
-        "lance": LanceStore(uri=f"{root.rstrip('/')}/lancedb"),
-        "zoo": ModelZoo(registry=registry, artifacts_root=root, device=os.environ.get("CLIPLAB_DEVICE", "auto")),
-        "datasets": DatasetCatalog(registry=registry, artifacts_root=root,
-                                   num_workers=int(os.environ.get("CLIPLAB_LOADER_WORKERS", "0"))),
-    }
-
-
 def run(args) -> int:
     import polars as pl
 
     from assets.head_maps import HeadAnalyses
     from cliplab.errors import CliplabError
     from cliplab.head_neighbours import parse_heads
+    from pipelines.definitions import resources_from_env
     from resources.registry import validate_key
 
     validate_key(args.model, "model key"), validate_key(args.dataset, "dataset key")
-    res = resources(args.artifacts)
+    res = resources_from_env(args.artifacts)  # one place reads CLIPLAB_* (device, registry, resize mode, ...)
     res["zoo"].spec(args.model), res["datasets"].spec(args.dataset)  # unknown keys: the registry's error
     an = HeadAnalyses(res["zoo"], res["datasets"], res["lance"], res["store"], args.model, args.dataset)
     heads = parse_heads(args.heads) if getattr(args, "heads", None) else None

@@ -87,9 +87,15 @@ def test_image_and_text_neighbours(root, tmp_path):
     p = heads(root, tmp_path, "text-nn", "--text", "a dotted pattern", "--layer", "3", "--head", "2", "--k", "3")
     assert p.returncode == 0, p.stderr[-3000:]
     assert "shape: (3, 6)" in p.stdout and "a dotted pattern" in p.stdout
-    p = heads(root, tmp_path, "property-nn", "--image-id", image_id, "--heads", "3.0,3.1")
-    assert p.returncode == 0, p.stderr[-3000:]
-    assert "shape: (4, 5)" in p.stdout and "cosine" in p.stdout
+
+
+def test_property_neighbours_in_process(root, capsys):
+    """The same entry point in process (each subprocess costs seconds of imports)."""
+    from pipelines.cli import main
+
+    assert main(["--artifacts", str(root), "heads", "property-nn", "--image-id", first_id(root), "--heads", "3.0,3.1"]) == 0
+    out = capsys.readouterr().out
+    assert "shape: (4, 5)" in out and "cosine" in out and "3.0,3.1" in out
 
 
 def test_bad_input_is_one_clear_line(root, tmp_path):
@@ -116,10 +122,13 @@ def test_bad_input_messages(root, capsys, args, message):
     assert message in capsys.readouterr().err
 
 
-def test_unmaterialised_partition(root, tmp_path):
+def test_unmaterialised_partition(root, tmp_path, capsys):
+    from pipelines.cli import main
+
     bare = tmp_path / "bare"
     shutil.copytree(root / "checkpoints", bare / "checkpoints")
     shutil.copytree(root / "toyworld", bare / "toyworld")
-    p = heads(bare, tmp_path, "image-nn", "--image-id", first_id(root), "--layer", "3", "--head", "1")
-    assert p.returncode == 2
-    assert "head_contributions is not materialised" in p.stderr and "heads" in p.stderr
+    assert main(["--artifacts", str(bare), "heads", "image-nn", "--image-id", first_id(root),
+                 "--layer", "3", "--head", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "head_contributions is not materialised" in err and "`heads` job" in err
