@@ -5,7 +5,7 @@ from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataVa
 
 from assets._arrow import vectors
 from assets.partitions import model_and_dataset, model_dataset
-from assets.toy import toyworld
+from assets.toy import toy_clip, toyworld
 from cliplab.zeroshot import class_embeddings
 from resources.datasets import DatasetCatalog
 from resources.lance import LanceStore
@@ -17,7 +17,9 @@ class ManifestConfig(Config):
     on_corrupt: str = "skip"  # "skip": drop corrupt images and list them; "fail": the partition fails
 
 
-@asset(partitions_def=model_dataset, deps=[toyworld], group_name="data", kinds={"parquet"})
+# deps on toy_clip: a toy-vit.s<seed> partition's model is that asset's checkpoint, so in one run (the main
+# job) every model-using asset, all downstream of the manifest, runs after the training
+@asset(partitions_def=model_dataset, deps=[toyworld, toy_clip], group_name="data", kinds={"parquet"})
 def dataset_manifest(context: AssetExecutionContext, config: ManifestConfig, datasets: DatasetCatalog,
                      zoo: ModelZoo, store: ArtifactStore) -> MaterializeResult:
     """One row per usable image: image_id, path (folders) or toy_index (toyworld), label, class_name."""

@@ -15,7 +15,17 @@ from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
+from dagster import (
+    AssetExecutionContext,
+    AssetKey,
+    Config,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
 
+from assets._report import png_metadata
+from assets.partitions import model_and_dataset, model_dataset
 from cliplab.errors import CliplabError
 from resources.datasets import DatasetCatalog, decode_png
 from resources.head_index import HeadIndex
@@ -264,3 +274,45 @@ class HeadAnalyses:
         png = neighbour_grid(None, self.views(frame["image_id"].to_list()), frame, "score",
                              f"text: {text}\nL{layer}.H{head}")
         return frame.with_columns(pl.lit(text).alias("text"), pl.lit(layer).alias("layer"), pl.lit(head).alias("head")), png
+
+
+class HeadAnalysisConfig(Config):
+    image_id: str = ""  # the image the maps and neighbours are computed for; "" = the dataset's first image
+    text: str = ""  # the text-neighbour query; "" = the top TextSpan text of the chosen head
+    contrast_a: str = ""  # the contrastive map's two texts; "" = the chosen head's top two texts
+    contrast_b: str = ""
+
+
+@asset(partitions_def=model_dataset, deps=[AssetKey("head_contributions"), AssetKey("head_spans"), AssetKey("head_labels")],
+       group_name="head_spans", kinds={"parquet"})
+def head_analysis_examples(context: AssetExecutionContext, config: HeadAnalysisConfig, zoo: ModelZoo,
+                           datasets: DatasetCatalog, lance: LanceStore, store: ArtifactStore) -> MaterializeResult:
+    """The five CLIP-InterpreT analyses on one image, for the head with the strongest first TextSpan text: tables + pictures."""
+    model, dataset = model_and_dataset(context)
+    run = HeadAnalyses(zoo, datasets, lance, store, model, dataset)
+    spans = store.read("head_spans", model=model, dataset=dataset).filter(pl.col("rank") == 0).collect()
+    spans = spans.filter(pl.col("bank") == _preferred_bank(spans["bank"].unique().to_list()))
+    layer, head = spans.sort("score", descending=True).select("layer", "head").row(0)
+    image = run.image(image_id=config.image_id or run.manifest()["image_id"][0])
+    texts = run.span_texts(layer, head)
+    text_a, text_b = config.contrast_a or texts[0], config.contrast_b or (texts + texts)[1]
+    labels = store.read("head_labels", model=model, dataset=dataset).filter(
+        (pl.col("layer") == layer) & (pl.col("head") == head)).collect()
+    labels = labels.filter(pl.col("bank") == _preferred_bank(labels["bank"].unique().to_list()))["label"]
+    results = {
+        "property_neighbours": run.property_neighbours(image, labels[0]) if len(labels) else None,
+        "topic_segmentation": run.topic_segmentation(image, layer, head, texts),
+        "contrastive_segmentation": run.contrastive_segmentation(image, text_a, text_b),
+        "image_neighbours": run.image_neighbours(image, layer, head),
+        "text_neighbours": run.text_neighbours(config.text or texts[0], layer, head),
+    }
+    meta = {"image": image.name, "head": f"L{layer}.H{head}", "texts": MetadataValue.json(texts)}
+    for name, result in results.items():
+        if result is None:
+            continue
+        frame, png = result
+        store.write(f"head_{name}", frame, model=model, dataset=dataset)
+        meta[f"{name} rows"] = len(frame)
+        meta |= png_metadata(png, store.figure_path("head_analysis_examples", model, dataset, f"{name}.png"), name)
+    context.log.info(f"head analyses of {image.name} with L{layer}.H{head}: {', '.join(r for r in results if results[r])}")
+    return MaterializeResult(metadata=meta)

@@ -127,7 +127,7 @@ def head_contributions(context: AssetExecutionContext, config: HeadConfig, datas
 TEXT_BANKS = ("image_descriptions_general", "google_3498_english")  # TextSpan's bank and its size-matched word control
 
 
-@asset(partitions_def=model_dataset, group_name="head_spans", kinds={"lancedb"})
+@asset(partitions_def=model_dataset, deps=[AssetKey("dataset_manifest")], group_name="head_spans", kinds={"lancedb"})
 def text_bank_embeddings(context: AssetExecutionContext, datasets: DatasetCatalog, zoo: ModelZoo,
                          reference: ReferenceData, lance: LanceStore) -> MaterializeResult:
     """Unit text embeddings (no template) of the TextSpan banks, plus toyworld's phrase bank with its attribute families."""

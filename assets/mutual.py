@@ -81,7 +81,7 @@ def concept_grids(store: ArtifactStore, model: str, dataset: str, n_patches: int
 
 class VisualConceptConfig(Config):
     k: int = 3  # descriptors per concept
-    top: int = 500  # candidates: in every concept's top-`top`
+    top: int = 0  # candidates: in every concept's top-`top`; 0 = the dataset's `dv_top` (registry), else 500
     offset: float = 0.02
     threshold: str = "mean"  # "mean" − offset [reference] or "percentile": median + offset [paper text]
     temperature: float = 2.5
@@ -137,7 +137,8 @@ def visual_concept_descriptors(context: AssetExecutionContext, config: VisualCon
         with autocast:
             return m.model.encode_image(x).float()
 
-    sel = {"k": config.k, "top": config.top, "offset": config.offset, "threshold": config.threshold,
+    top = config.top or int(datasets.spec(dataset).options.get("dv_top", 500))
+    sel = {"k": config.k, "top": top, "offset": config.offset, "threshold": config.threshold,
            "temperature": config.temperature, "n_iter": config.n_iter}
     progress = Progress(context, len(view.manifest), f"visual concepts {model} × {dataset}")
     entropy = {(b, ot): [] for b in BRANCHES for ot in (True, False)}
@@ -219,7 +220,8 @@ def visual_concept_descriptors(context: AssetExecutionContext, config: VisualCon
             progress.update(len(ids))
     progress.close()
     meta = {"dagster/row_count": n_rows, "images": progress.done, "images with no prominent region": no_region,
-            "images/s": round(progress.rate, 1), "L": L, "options": MetadataValue.json(config.model_dump()),
+            "images/s": round(progress.rate, 1), "L": L, "candidate top": top,
+            "options": MetadataValue.json(config.model_dump()),
             "prompts": MetadataValue.json(list(PROMPTS))}
     for (branch, ot), values in entropy.items():
         meta[f"assignment entropy ({branch}, {'OT' if ot else 'no OT'})"] = float(np.mean(values)) if values else 0.0

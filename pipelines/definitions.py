@@ -12,6 +12,7 @@ from assets import (
     descriptors,
     encodings,
     evaluations,
+    head_maps,
     head_spans,
     heads,
     mutual,
@@ -53,14 +54,15 @@ PARTITIONED = AssetSelection.assets(data.dataset_manifest, data.class_text_embed
 DESCRIPTORS = AssetSelection.assets(descriptors.descriptor_embeddings, descriptors.class_descriptors)
 MUTUAL = AssetSelection.assets(mutual.visual_concept_descriptors, mutual.mi_curves, mutual.mi_summary,
                                mutual.model_comparison, evaluations.concept_eval, evaluations.descriptor_zero_shot)
-main_job = define_asset_job("main", selection=TOY | PARTITIONED | DESCRIPTORS | MUTUAL,
-                            description="toyworld + toy CLIP + all partitioned assets for one (model, dataset)")
 analyse_job = define_asset_job("analyse", selection=PARTITIONED,
                                description="All partitioned assets for one (model, dataset) partition")
 
 # ViT only (a ResNet has no heads), so not part of `analyse`: materialise per partition or with this job.
 HEADS = AssetSelection.assets(heads.head_contributions, heads.text_bank_embeddings, head_spans.head_spans,
-                              head_spans.head_labels, head_spans.head_scores)
+                              head_spans.head_labels, head_spans.head_scores, head_maps.head_analysis_examples)
+main_job = define_asset_job("main", selection=TOY | PARTITIONED | DESCRIPTORS | MUTUAL | HEADS
+                            | AssetSelection.assets(head_spans.head_score_table),
+                            description="toyworld + toy CLIP + all partitioned assets for one (model, dataset)")
 heads_job = define_asset_job("heads", selection=HEADS,
                              description="Per-head contributions and text banks (LanceDB), TextSpan per head, labels and scores for one ViT (model, dataset)")
 
@@ -76,7 +78,8 @@ defs = Definitions(
             descriptors.class_descriptors, mutual.visual_concept_descriptors, mutual.mi_curves, mutual.mi_summary,
             mutual.model_comparison, evaluations.concept_eval, evaluations.descriptor_zero_shot,
             heads.head_contributions, heads.text_bank_embeddings,
-            head_spans.head_spans, head_spans.head_labels, head_spans.head_scores, head_spans.head_score_table],
+            head_spans.head_spans, head_spans.head_labels, head_spans.head_scores, head_spans.head_score_table,
+            head_maps.head_analysis_examples],
     jobs=[main_job, analyse_job, heads_job, descriptors_job, mutual_job],
     sensors=[registry_sensor],
     resources=resources_from_env(),

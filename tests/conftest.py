@@ -25,6 +25,8 @@ def run_main(root: Path, steps: int | None = None, n_train: int | None = None, n
     from assets.partitions import partition_key
     from pipelines.definitions import defs, resources_from_env
 
+    # the default graph includes the head spans, whose text banks are published files: offline, from ../shared/data
+    os.environ.setdefault("CLIPLAB_REFERENCE_DIR", str(SHARED / "data"))
     instance = instance or DagsterInstance.ephemeral()
     instance.add_dynamic_partitions("model", ["toy-vit.s0"])
     instance.add_dynamic_partitions("dataset", ["toyworld"])

@@ -313,3 +313,22 @@ def test_llm_labeler_through_the_asset(spans_root, monkeypatch):
     assert f"127.0.0.1:{port}/v1/chat/completions is unreachable" in str(failure.event_specific_data.error)
     # back to the default labeler for the other tests
     assert _run(root, instance, [hs.head_labels, hs.head_scores]).success
+
+
+def test_head_analysis_examples_asset(spans_root):
+    """The five analyses as an asset: a table and a picture each, for the head with the strongest first text."""
+    from assets.head_maps import head_analysis_examples
+
+    root, instance, _, _ = spans_root
+    result = _run(root, instance, [head_analysis_examples])
+    assert result.success
+    meta = result.asset_materializations_for_node("head_analysis_examples")[0].metadata
+    spans = pl.read_parquet(root / "head_spans" / f"model={MODEL}" / f"dataset={DATASET}" / "part-0.parquet")
+    top = spans.filter((pl.col("rank") == 0) & (pl.col("bank") == "toyworld_phrases")).sort("score", descending=True).row(0, named=True)
+    assert meta["head"].value == f"L{top['layer']}.H{top['head']}"
+    for name in ("topic_segmentation", "contrastive_segmentation", "image_neighbours", "text_neighbours"):
+        frame = pl.read_parquet(root / f"head_{name}" / f"model={MODEL}" / f"dataset={DATASET}" / "part-0.parquet")
+        assert len(frame) == meta[f"{name} rows"].value > 0
+        assert (root / "_figures" / "head_analysis_examples" / MODEL / DATASET / f"{name}.png").stat().st_size > 1000
+    nn = pl.read_parquet(root / "head_image_neighbours" / f"model={MODEL}" / f"dataset={DATASET}" / "part-0.parquet")
+    assert len(nn) == 8 and meta["image"].value not in nn["image_id"].to_list()
