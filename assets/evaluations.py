@@ -142,6 +142,7 @@ def concept_eval(context: AssetExecutionContext, config: ConceptEvalConfig, data
             table.append({"branch": branch, "order": order, "deletion_auc": d["auc"], "insertion_auc": i["auc"],
                           "acc_drop": d["acc_drop"], "acc_inc": i["acc_inc"],
                           "deletion_curve": d["curve"].tolist(), "insertion_curve": i["curve"].tolist(),
+                          "deletion_accuracy": d["accuracy_curve"].tolist(), "insertion_accuracy": i["accuracy_curve"].tolist(),
                           "entropy_ot": float(np.mean(entropy[True])), "entropy_no_ot": float(np.mean(entropy[False])),
                           "images": len(results[(branch, order, "deletion")][0])})
             for key in ("deletion_auc", "insertion_auc", "acc_drop", "acc_inc"):
@@ -150,7 +151,8 @@ def concept_eval(context: AssetExecutionContext, config: ConceptEvalConfig, data
     df = pl.DataFrame(table)
     path = store.write("concept_eval", df, model=model, dataset=dataset)
     meta |= {"dagster/row_count": len(df), "path": MetadataValue.path(path),
-             "table": MetadataValue.md(plots.markdown_table(df.drop("deletion_curve", "insertion_curve")))}
+             "table": MetadataValue.md(plots.markdown_table(df.drop("deletion_curve", "insertion_curve",
+                                                                     "deletion_accuracy", "insertion_accuracy")))}
     meta |= png_metadata(plots.deletion_insertion(curves, f"concept deletion / insertion: {model} × {dataset}"),
                          store.figure_path("concept_eval", model, dataset, "deletion_insertion.png"), "deletion / insertion curves")
     return MaterializeResult(metadata=meta)

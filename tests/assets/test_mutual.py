@@ -99,6 +99,10 @@ def test_summary_comparison_and_evaluations(quick_root):
         # step 0 of deletion is the untouched image, step 0 of insertion the fully blurred one
         assert len(row["deletion_curve"]) == len(row["insertion_curve"]) >= 2
         assert row["entropy_ot"] >= 0 and row["entropy_no_ot"] >= 0
+        acc_d, acc_i = np.array(row["deletion_accuracy"]), np.array(row["insertion_accuracy"])
+        assert ((0 <= acc_d) & (acc_d <= 1)).all() and len(acc_i) == len(row["insertion_curve"])
+        assert row["acc_drop"] == pytest.approx(acc_d[0] - acc_d[1:].mean())
+        assert row["acc_inc"] == pytest.approx(acc_i[1:].mean() - acc_i[0])
     zs = _read(root, "descriptor_zero_shot")
     assert 0 <= zs["plain_top1"][0] <= 100 and zs["gain"][0] == pytest.approx(zs["augmented_top1"][0] - zs["plain_top1"][0])
     added = _read(root, "descriptor_zero_shot_added")

@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -107,6 +108,8 @@ def test_cliplab_ui_serves_the_lineage_with_both_partition_dimensions(ran):
         assert sorted(dims) == ["dataset", "model"]
         assert ["dataset_manifest"] in [d["path"] for d in nodes["patch_features"]["dependencyKeys"]]
         assert ["toyworld"] in [d["path"] for d in nodes["toy_clip"]["dependencyKeys"]]
+        assert ["visual_concept_descriptors"] in [d["path"] for d in nodes["mi_curves"]["dependencyKeys"]]
+        assert ["head_contributions"] in [d["path"] for d in nodes["head_spans"]["dependencyKeys"]]
         runs = '{ runsOrError { ... on Runs { results { jobName tags { key value } } } } }'
         req = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", data=json.dumps({"query": runs}).encode(),
                                      headers={"Content-Type": "application/json"})
@@ -114,5 +117,9 @@ def test_cliplab_ui_serves_the_lineage_with_both_partition_dimensions(ran):
         assert any(r["jobName"] == "main" and {"key": "dagster/partition", "value": "toyworld|toy-vit.s0"} in r["tags"]
                    for r in results)  # the CLI's run is in the UI's run history
     finally:
-        os.killpg(server.pid, 15)
-        server.wait(timeout=60)
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:  # dagster dev's code servers can outlive a slow shutdown
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=30)
