@@ -29,11 +29,17 @@ class ProminentConfig(Config):
     min_second: int = 5
 
 
+def patch_grid(store: ArtifactStore, model: str, dataset: str) -> tuple[int, int]:
+    """(h, w) patch grid of a patch_features partition, from its schema metadata."""
+    meta = pq.read_schema(store.table_path("patch_features", model=model, dataset=dataset)).metadata
+    return int(meta[b"grid_h"]), int(meta[b"grid_w"])
+
+
 def _features(store: ArtifactStore, model: str, dataset: str):
     """(path, grid (h, w), width C, sorted class labels) of a patch_features partition."""
     path = store.table_path("patch_features", model=model, dataset=dataset)
     meta = pq.read_schema(path).metadata
-    grid = (int(meta[b"grid_h"]), int(meta[b"grid_w"]))
+    grid = patch_grid(store, model, dataset)
     labels = pl.scan_parquet(path).select(pl.col("label").unique().sort()).collect()["label"].to_list()
     return path, grid, int(meta[b"width"]), labels
 

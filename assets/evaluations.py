@@ -5,7 +5,6 @@ import dataclasses
 
 import numpy as np
 import polars as pl
-import pyarrow.parquet as pq
 from dagster import (
     AssetExecutionContext,
     AssetKey,
@@ -23,6 +22,7 @@ from assets.mutual import (
     read_descriptor_bank,
     read_predictions,
 )
+from assets.concepts import patch_grid
 from assets.partitions import model_and_dataset, model_dataset
 from cliplab import plots
 from cliplab.concept_eval import (
@@ -67,8 +67,7 @@ def concept_eval(context: AssetExecutionContext, config: ConceptEvalConfig, data
     import torch.nn.functional as F
 
     model, dataset = model_and_dataset(context)
-    layout = pq.read_schema(store.table_path("patch_features", model=model, dataset=dataset)).metadata
-    grid = (int(layout[b"grid_h"]), int(layout[b"grid_w"]))
+    grid = patch_grid(store, model, dataset)
     grids = concept_grids(store, model, dataset, grid[0] * grid[1])
     dv = store.read("visual_concept_descriptors", model=model, dataset=dataset).select(
         "image_id", "branch", "concept", "embedding", "importance", "descriptor_index", "descriptor_index_no_ot").collect()

@@ -23,6 +23,7 @@ from dagster import (
 
 from assets._arrow import vectors
 from assets._report import Progress, png_metadata
+from assets.concepts import patch_grid
 from assets.partitions import model_and_dataset, model_dataset
 from cliplab import plots
 from cliplab.errors import CliplabError
@@ -119,8 +120,7 @@ def visual_concept_descriptors(context: AssetExecutionContext, config: VisualCon
     from torchvision.transforms.functional import gaussian_blur
 
     model, dataset = model_and_dataset(context)
-    layout = pq.read_schema(store.table_path("patch_features", model=model, dataset=dataset)).metadata
-    grid = (int(layout[b"grid_h"]), int(layout[b"grid_w"]))
+    grid = patch_grid(store, model, dataset)
     L = int(pq.read_schema(store.table_path("concept_clusters", model=model, dataset=dataset)).metadata[b"L"])
     grids = concept_grids(store, model, dataset, grid[0] * grid[1])
     bank = read_descriptor_bank(lance, model, dataset)
@@ -312,11 +312,11 @@ def mi_curves(context: AssetExecutionContext, config: MIConfig, store: ArtifactS
            .sort("class_index", "rank").group_by("class_index", maintain_order=True).agg("descriptor_index").collect())
     D_y = dict(zip(d_y["class_index"].to_list(), d_y["descriptor_index"].to_list()))
     d_y_names = store.read("class_descriptors", model=model, dataset=dataset).select("descriptor_index", "descriptor").unique().collect()
-    key = "pred" if config.target == "prediction" else "label"
     out = {c: [] for c in MI_SCHEMA.names}
     for image_id, label, pred, branch, D_v in dv.select("image_id", "label", "pred", "branch", "dv").iter_rows():
-        curve = mi_curve(D_v, D_y[pred if key == "pred" else label], config.convention)
-        matches = len(set(D_v) & set(D_y[pred if key == "pred" else label]))
+        target = D_y[pred if config.target == "prediction" else label]
+        curve = mi_curve(D_v, target, config.convention)
+        matches = len(set(D_v) & set(target))
         for c, v in zip(MI_SCHEMA.names, (image_id, label, pred, branch, len(D_v), matches, float(curve[0]),
                                           curve.tolist(), auc(curve, config.auc))):
             out[c].append(v)
