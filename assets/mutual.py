@@ -150,16 +150,15 @@ def visual_concept_descriptors(context: AssetExecutionContext, config: VisualCon
             images = images.to(m.device, torch.float32)
             B, _, H, W = images.shape
             pixels = (images * std + mean).clamp(0, 1)
-            per_branch = {}
+            regions, counts = [], []
             for branch in BRANCHES:
                 g = np.stack([grids[branch].get(i, np.full(grid[0] * grid[1], -1)) for i in ids])
-                regions = torch.from_numpy(concept_regions(g, grid, L)).to(m.device)  # (B, L, h, w)
-                present = torch.from_numpy((g[:, None, :] == np.arange(L)[None, :, None]).any(-1)).to(m.device)
-                n_patch = torch.from_numpy((g[:, None, :] == np.arange(L)[None, :, None]).sum(-1)).to(m.device)
-                per_branch[branch] = (regions, present, n_patch)
+                regions.append(concept_regions(g, grid, L))  # (B, L, h, w)
+                counts.append((g[:, None, :] == np.arange(L)[None, :, None]).sum(-1))  # (B, L) patches per concept
             # one encoder call per batch: the images themselves, then 3 prompts for every present concept of both branches
-            regions = torch.cat([per_branch[b][0] for b in BRANCHES], dim=1)  # (B, 2L, h, w)
-            present = torch.cat([per_branch[b][1] for b in BRANCHES], dim=1)  # (B, 2L)
+            regions = torch.from_numpy(np.concatenate(regions, axis=1)).to(m.device)  # (B, 2L, h, w)
+            n_patch = np.concatenate(counts, axis=1)  # (B, 2L), read on the host by the row loop below
+            present = torch.from_numpy(n_patch > 0).to(m.device)
             img_idx, slot = present.nonzero(as_tuple=True)
             pixel_regions = F.interpolate(regions[img_idx, slot][:, None].float(), size=(H, W), mode="nearest")[:, 0] > 0.5
             ellipses = fit_ellipse(pixel_regions)  # (K, 5)
@@ -182,12 +181,11 @@ def visual_concept_descriptors(context: AssetExecutionContext, config: VisualCon
             pair = {(int(b), int(s)): q for q, (b, s) in enumerate(zip(img_idx.tolist(), slot.tolist()))}
             out = {c: [] for c in schema.names}
             for b, image_id in enumerate(ids):
-                if not present[b].any():
+                if not n_patch[b].any():
                     no_region += 1
                 for j, branch in enumerate(BRANCHES):
-                    n_patch = per_branch[branch][2][b].cpu().numpy()
                     for ot in (True, False):
-                        chosen = [[d for d in c if d >= 0] for c, p in zip(picks[branch][ot][b], present[b, j * L:(j + 1) * L].tolist()) if p]
+                        chosen = [[d for d in c if d >= 0] for c, p in zip(picks[branch][ot][b], n_patch[b, j * L:(j + 1) * L]) if p]
                         if chosen:
                             entropy[(branch, ot)].append(assignment_entropy(chosen))
                     for c in range(L):
@@ -200,7 +198,7 @@ def visual_concept_descriptors(context: AssetExecutionContext, config: VisualCon
                         out["pred"].append(int(preds[image_id]))
                         out["branch"].append(branch)
                         out["concept"].append(c)
-                        out["n_patches"].append(int(n_patch[c]))
+                        out["n_patches"].append(int(n_patch[b, j * L + c]))
                         out["ellipse"].append(ell[q])
                         out["embedding"].append(emb[q])
                         out["descriptor_index"].append(d_ot)
@@ -216,7 +214,7 @@ def visual_concept_descriptors(context: AssetExecutionContext, config: VisualCon
                 n_rows += n
             if len(drawn) < config.overlays:
                 drawn += [(image_id, pixels[b].permute(1, 2, 0).cpu().numpy()) for b, image_id in enumerate(ids)
-                          if present[b].any()][: config.overlays - len(drawn)]
+                          if n_patch[b].any()][: config.overlays - len(drawn)]
             progress.update(len(ids))
     progress.close()
     meta = {"dagster/row_count": n_rows, "images": progress.done, "images with no prominent region": no_region,
