@@ -5,7 +5,7 @@ from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataVa
 
 from assets._arrow import vectors
 from assets.partitions import model_and_dataset, model_dataset
-from assets.toy import toy_clip, toyworld
+from assets.toy.world import toy_clip, toyworld
 from cliplab.zeroshot import class_embeddings
 from resources.datasets import DatasetCatalog
 from resources.lance import LanceStore

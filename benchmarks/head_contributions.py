@@ -6,9 +6,9 @@ Each row runs in a fresh process; peak RSS is that process's (wait4), so rows do
 
 1. The real `head_contributions` asset (Dagster, LanceDB) for the toy model on toyworld val (random-init
    toy weights: speed does not depend on them); images/s from the asset's metadata.
-2. `cliplab.decomposition.decompose_image` on random-init open_clip ViT-B/16 at 224 px, batched, last 4
+2. `cliplab.heads.decomposition.decompose_image` on random-init open_clip ViT-B/16 at 224 px, batched, last 4
    layers (48 heads), token-summed (what the asset stores); and per-token for one image (what a map needs).
-3. `cliplab.textspan.text_span_heads` for the 48 heads of the last 4 layers, one batched call per layer
+3. `cliplab.heads.textspan.text_span_heads` for the 48 heads of the last 4 layers, one batched call per layer
    (12 heads), n images × d = 512 contributions and a 3,498-text bank: RANDOM Gaussian data of the right
    shapes (timing does not depend on the values), k = 5 (CLIP-InterpreT labels) and k = 20 (text-span
    study), r = 80 (reference).
@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 ASSET = """
 import json, sys
 from dagster import DagsterInstance, materialize
-from assets import heads
+from assets.heads import contributions as heads
 from assets.partitions import partition_key
 from pipelines.definitions import resources_from_env
 from resources.models import ModelZoo
@@ -48,7 +48,7 @@ print(json.dumps({"images/s": meta["images/s"].value, "images": meta["images"].v
 VIT = """
 import json, sys, time
 import open_clip, torch
-from cliplab.decomposition import decompose_image
+from cliplab.heads.decomposition import decompose_image
 n, batch, device = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 torch.manual_seed(0)
 model = open_clip.create_model("ViT-B-16", pretrained=None).to(device).eval()
@@ -76,7 +76,7 @@ print(json.dumps({"images/s": rate, "max_err": err, "per_token_s": (time.perf_co
 TEXTSPAN = """
 import json, sys, time
 import torch
-from cliplab.textspan import text_span_heads
+from cliplab.heads.textspan import text_span_heads
 n, m, k, device = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 layers, heads, d = 4, 12, 512
 g = torch.Generator().manual_seed(0)

@@ -25,7 +25,9 @@ CHAIN = ("prominent_patches", "concept_clusters", "descriptor_embeddings", "clas
 
 
 def _assets():
-    from assets import concepts, data, descriptors, encodings, mutual
+    from assets import data, encodings
+    from assets.mutual import concepts, descriptors
+    from assets.mutual import knowledge as mutual
 
     return {"prominent_patches": concepts.prominent_patches, "concept_clusters": concepts.concept_clusters,
             "descriptor_embeddings": descriptors.descriptor_embeddings, "class_descriptors": descriptors.class_descriptors,

@@ -45,8 +45,8 @@ def prepare_root(n: int) -> Path:
     """An artifact root with toyworld (n val images) and a toy CLIP checkpoint (random init: speed does not depend on weights)."""
     import pyarrow.parquet  # noqa: F401  (imported before torch: keeps the parent light)
 
-    from cliplab import toyworld
-    from cliplab.toy_clip import TOY_CLIP_CONFIG, build_toy_clip
+    from cliplab.toy import toyworld
+    from cliplab.toy.clip import TOY_CLIP_CONFIG, build_toy_clip
     from resources.datasets import TOYWORLD_SCHEMA, toyworld_table
     from resources.models import save_checkpoint
     from resources.store import ArtifactStore

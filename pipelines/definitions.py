@@ -6,18 +6,13 @@ import os
 
 from dagster import AssetSelection, Definitions, define_asset_job
 
-from assets import (
-    concepts,
-    data,
-    descriptors,
-    encodings,
-    evaluations,
-    head_maps,
-    head_spans,
-    heads,
-    mutual,
-    toy,
-)
+from assets import data, encodings
+from assets.heads import contributions as heads
+from assets.heads import maps as head_maps
+from assets.heads import spans as head_spans
+from assets.mutual import concepts, descriptors, evaluations
+from assets.mutual import knowledge as mutual
+from assets.toy import world as toy
 from pipelines.sensors import registry_sensor
 from resources.datasets import DatasetCatalog
 from resources.labelers import HeadLabelers

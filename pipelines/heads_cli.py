@@ -63,9 +63,9 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     import polars as pl
 
-    from assets.head_maps import HeadAnalyses
+    from assets.heads.maps import HeadAnalyses
     from cliplab.errors import CliplabError
-    from cliplab.head_neighbours import parse_heads
+    from cliplab.heads.neighbours import parse_heads
     from pipelines.definitions import resources_from_env
     from resources.registry import validate_key
 

@@ -40,10 +40,10 @@ TOYWORLD_SCHEMA = pa.schema([
 
 
 def toyworld_table(batch, split: str) -> pa.Table:
-    """A `cliplab.toyworld.ToyBatch` as an Arrow table: PNG image bytes, raw part-map bytes, ground truth."""
+    """A `cliplab.toy.toyworld.ToyBatch` as an Arrow table: PNG image bytes, raw part-map bytes, ground truth."""
     from PIL import Image
 
-    from cliplab import toyworld
+    from cliplab.toy import toyworld
 
     names = toyworld.class_names()
     pngs = []
@@ -161,7 +161,7 @@ class DatasetCatalog(ConfigurableResource):
                            [(rel[p], why) for p, why in corrupt])
 
     def _open_toyworld(self, spec: DatasetSpec) -> DatasetView:
-        from cliplab import toyworld
+        from cliplab.toy import toyworld
 
         split = spec.split or "val"
         path = self.toyworld_path(split)

@@ -18,7 +18,7 @@ from functools import lru_cache
 from dagster import ConfigurableResource
 
 from cliplab.errors import CliplabError
-from cliplab.head_labels import (
+from cliplab.heads.labels import (
     IN_CONTEXT_EXAMPLES,
     EmbeddingLabeler,
     HeadLabel,

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from dagster import ConfigurableResource
 
-from cliplab.descriptors import DescriptorBank, descriptor_bank
 from cliplab.errors import CliplabError
+from cliplab.mutual.descriptors import DescriptorBank, descriptor_bank
 
 _MENON = "https://raw.githubusercontent.com/sachit-menon/classify_by_description_release/d1a3d89/descriptors/"
 _SPAN = "https://raw.githubusercontent.com/yossigandelsman/clip_text_span/49f70f3/text_descriptions/"

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from cliplab import toyworld
+from cliplab.toy import toyworld
 from resources.lance import LanceStore
 from resources.models import ModelZoo
 
@@ -66,7 +66,7 @@ def test_class_text_embeddings_in_parquet_and_lancedb(quick_root):
 def test_patch_features_match_the_model(quick_root):
     """Stored rows equal a fresh forward pass of the stored checkpoint (the real loader, the real files)."""
     from cliplab.features import patch_features
-    from cliplab.toy_clip import images_to_tensor
+    from cliplab.toy.clip import images_to_tensor
     from resources.datasets import decode_png
 
     root, _, _ = quick_root

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from cliplab.errors import CliplabError
 from cliplab.features import patch_features
-from cliplab.toy_clip import build_toy_clip
+from cliplab.toy.clip import build_toy_clip
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ def root(quick_root, tmp_path_factory):
     """A copy of the quick root with head_contributions (in-process materialise); no CLI path reads the text banks."""
     from dagster import DagsterInstance, materialize
 
-    from assets import heads
+    from assets.heads import contributions as heads
     from assets.partitions import partition_key
     from pipelines.definitions import resources_from_env
 

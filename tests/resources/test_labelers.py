@@ -10,7 +10,7 @@ from typing import ClassVar
 import pytest
 
 from cliplab.errors import CliplabError
-from cliplab.head_labels import IN_CONTEXT_EXAMPLES
+from cliplab.heads.labels import IN_CONTEXT_EXAMPLES
 from resources.labelers import HeadLabelers, LLMLabeler
 
 COLOURS = ("red", "blue", "green", "yellow", "purple")

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from cliplab.descriptors import descriptor_bank
 from cliplab.errors import CliplabError
+from cliplab.mutual.descriptors import descriptor_bank
 from resources.reference_data import REFERENCE_FILES, ReferenceData
 
 SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
