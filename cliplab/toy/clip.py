@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from cliplab.schedule import warmup_cosine
+
 # ViT with real multi-head attention: 4 layers × 4 heads (head_width 32), 64 px images, 8 px patches →
 # an 8×8 patch grid. The text tower is as small; the vocabulary is open_clip's BPE, so any caption
 # tokenises offline.
@@ -59,13 +61,6 @@ def images_to_tensor(images: np.ndarray) -> torch.Tensor:
     return (x - mean) / std
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
 def train_toy_clip(
     images: np.ndarray,
     captions: list[str],
@@ -98,7 +93,7 @@ def train_toy_clip(
     for step in range(cfg.steps):
         idx = torch.randint(0, n, (cfg.batch_size,), generator=gen)
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg)
+            g["lr"] = warmup_cosine(step, cfg.steps, cfg.warmup, cfg.lr)
         img_f, txt_f, scale = model(images_to_tensor(images[idx.numpy()]), tokens[idx])
         loss = loss_fn(img_f, txt_f, scale)
         opt.zero_grad(set_to_none=True)
