@@ -4,8 +4,8 @@ import pyarrow as pa
 from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
 
 from assets._arrow import vectors
-from assets.partitions import model_and_dataset, model_dataset
-from assets.toy.world import toy_clip, toyworld
+from assets.partitions import MODEL_CHECKPOINT, model_and_dataset, model_dataset
+from assets.toy.world import toyworld
 from cliplab.zeroshot import class_embeddings
 from resources.datasets import DatasetCatalog
 from resources.lance import LanceStore
@@ -17,9 +17,7 @@ class ManifestConfig(Config):
     on_corrupt: str = "skip"  # "skip": drop corrupt images and list them; "fail": the partition fails
 
 
-# deps on toy_clip: a toy-vit.s<seed> partition's model is that asset's checkpoint, so in one run (the main
-# job) every model-using asset, all downstream of the manifest, runs after the training
-@asset(partitions_def=model_dataset, deps=[toyworld, toy_clip], group_name="data", kinds={"parquet"})
+@asset(partitions_def=model_dataset, deps=[toyworld, MODEL_CHECKPOINT], group_name="data", kinds={"parquet"})
 def dataset_manifest(context: AssetExecutionContext, config: ManifestConfig, datasets: DatasetCatalog,
                      zoo: ModelZoo, store: ArtifactStore) -> MaterializeResult:
     """One row per usable image: image_id, path (folders) or toy_index (toyworld), label, class_name."""
@@ -38,7 +36,7 @@ def dataset_manifest(context: AssetExecutionContext, config: ManifestConfig, dat
     })
 
 
-@asset(partitions_def=model_dataset, deps=[dataset_manifest], group_name="data", kinds={"parquet", "lancedb"})
+@asset(partitions_def=model_dataset, deps=[dataset_manifest, MODEL_CHECKPOINT], group_name="data", kinds={"parquet", "lancedb"})
 def class_text_embeddings(context: AssetExecutionContext, datasets: DatasetCatalog, zoo: ModelZoo,
                           store: ArtifactStore, lance: LanceStore) -> MaterializeResult:
     """W (K, D): per class the mean of its template prompts' unit text embeddings, re-normalised."""

@@ -14,7 +14,7 @@ from dagster import AssetExecutionContext, AssetOut, Config, MetadataValue, Outp
 from assets._arrow import vectors
 from assets._report import Progress, png_metadata
 from assets.data import class_text_embeddings, dataset_manifest, read_class_weights
-from assets.partitions import model_and_dataset, model_dataset
+from assets.partitions import MODEL_CHECKPOINT, model_and_dataset, model_dataset
 from cliplab import plots
 from cliplab.features import patch_features as extract_patch_features
 from cliplab.zeroshot import top_k
@@ -54,7 +54,7 @@ PREDICTIONS_SCHEMA = pa.schema([
         "patch_features": AssetOut(is_required=False, group_name="encodings", kinds={"parquet"},
                                    description="Per image the last block's patch tokens (pre-ln_post) and keys (with in-proj bias), CLS token and unit image embedding."),
     },
-    deps=[dataset_manifest, class_text_embeddings],
+    deps=[dataset_manifest, class_text_embeddings, MODEL_CHECKPOINT],
     partitions_def=model_dataset,
     can_subset=True,
     pool="gpu",

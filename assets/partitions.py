@@ -1,12 +1,28 @@
 """The two partition dimensions: `model` (dynamic: checkpoints appear at run time) × `dataset` (dynamic)."""
 
-from dagster import DynamicPartitionsDefinition, MultiPartitionKey, MultiPartitionsDefinition
+import warnings
+
+from dagster import (
+    AssetDep,
+    BetaWarning,
+    DynamicPartitionsDefinition,
+    MultiPartitionKey,
+    MultiPartitionsDefinition,
+    MultiToSingleDimensionPartitionMapping,
+)
 
 from resources.registry import validate_key
 
 model_partitions = DynamicPartitionsDefinition(name="model")
 dataset_partitions = DynamicPartitionsDefinition(name="dataset")
 model_dataset = MultiPartitionsDefinition({"model": model_partitions, "dataset": dataset_partitions})
+
+with warnings.catch_warnings():  # the mapping is beta in Dagster 1.13; it is what model × dataset → model needs
+    warnings.simplefilter("ignore", BetaWarning)
+    by_model = MultiToSingleDimensionPartitionMapping(partition_dimension_name="model")
+# Every (model, dataset) asset that runs the model depends on that model's `checkpoint` partition: new or changed
+# weights (a new data version) make it stale, and the UI draws checkpoint → analyses.
+MODEL_CHECKPOINT = AssetDep("checkpoint", partition_mapping=by_model)
 
 
 def partition_key(model: str, dataset: str) -> MultiPartitionKey:

@@ -42,12 +42,12 @@ def random_model(root: Path, arch: str, images: int) -> str:
     import polars as pl
     import torch
 
-    from resources.models import save_checkpoint
+    from resources.models import as_weights, save_checkpoint
 
     torch.manual_seed(0)
     key = f"{arch.lower()}.random"
     model = open_clip.create_model(arch, pretrained=None)
-    save_checkpoint(model, open_clip.get_model_config(arch), root / "checkpoints" / key, extra={"random_init": True})
+    save_checkpoint(as_weights(model, arch), root / "checkpoints" / key, extra={"random_init": True})
     val = root / "toyworld" / "split=val" / "part-0.parquet"
     pl.read_parquet(val).head(images).write_parquet(val)
     return key

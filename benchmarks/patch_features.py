@@ -46,9 +46,9 @@ def prepare_root(n: int) -> Path:
     import pyarrow.parquet  # noqa: F401  (imported before torch: keeps the parent light)
 
     from cliplab.toy import toyworld
-    from cliplab.toy.clip import TOY_CLIP_CONFIG, build_toy_clip
+    from cliplab.toy.clip import build_toy_clip
     from resources.datasets import TOYWORLD_SCHEMA, toyworld_table
-    from resources.models import save_checkpoint
+    from resources.models import as_weights, save_checkpoint
     from resources.store import ArtifactStore
 
     root = Path(tempfile.mkdtemp(prefix=f"cliplab-bench-{n}-")) / "artifacts"
@@ -59,7 +59,7 @@ def prepare_root(n: int) -> Path:
     import torch
 
     torch.manual_seed(0)
-    save_checkpoint(build_toy_clip(), TOY_CLIP_CONFIG, root / "checkpoints" / "toy-vit.s0")
+    save_checkpoint(as_weights(build_toy_clip(), "toy-vit"), root / "checkpoints" / "toy-vit.s0")
     return root
 
 

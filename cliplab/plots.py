@@ -25,7 +25,7 @@ def _figure(w: float, h: float):
     return plt.subplots(figsize=(w, h))
 
 
-def loss_curve(losses: list[float], title: str) -> bytes:
+def loss_curve(losses: list[float], title: str, ylabel: str = "contrastive loss") -> bytes:
     """Training loss per step, with a 20-step running mean."""
     fig, ax = _figure(5, 3)
     x = np.arange(len(losses))
@@ -33,7 +33,7 @@ def loss_curve(losses: list[float], title: str) -> bytes:
     if len(losses) >= 20:
         smooth = np.convolve(losses, np.ones(20) / 20, mode="valid")
         ax.plot(x[19:], smooth, lw=1.5, label="20-step mean")
-    ax.set(xlabel="step", ylabel="contrastive loss", title=title)
+    ax.set(xlabel="step", ylabel=ylabel, title=title)
     ax.legend()
     return _png(fig)
 

@@ -1,6 +1,7 @@
 """`cliplab`: run the default graph, query artifacts, open the UI, list models and datasets.
 
     cliplab run                      # toyworld + toy CLIP + every partitioned asset for toy-vit.s0 × toyworld
+    cliplab run --model toy-vit.s0.aft-e4   # the toy CLIP adversarially fine-tuned (ε = 4/255), then every analysis
     cliplab run --model vit-b-32.openai --dataset imagenet-val
     cliplab query zero_shot_predictions --model toy-vit.s0 --limit 5
     cliplab ui                       # dagster dev -w workspace.yaml (DAGSTER_HOME=./.dagster_home)
@@ -32,38 +33,35 @@ def ensure_dagster_home() -> Path:
 def cmd_run(args) -> int:
     from dagster import DagsterInstance
 
-    from assets.partitions import partition_key
-    from pipelines.definitions import defs, resources_from_env
-    from resources.registry import TOY_MODEL_KEY, TOYWORLD_KEY
+    from cliplab.errors import CliplabError
+    from pipelines.definitions import resources_from_env
+    from pipelines.runs import materialise
 
+    for flag in ("steps", "n_train", "n_val"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise CliplabError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
     ensure_dagster_home()
-    key = partition_key(args.model, args.dataset)  # invalid keys fail here, before anything runs
     resources = resources_from_env(args.artifacts)
-    toy = args.model == TOY_MODEL_KEY and args.dataset == TOYWORLD_KEY
-    if not toy:
-        resources["zoo"].spec(args.model)
-        resources["datasets"].spec(args.dataset)
-    instance = DagsterInstance.get()
-    instance.add_dynamic_partitions("model", [args.model])
-    instance.add_dynamic_partitions("dataset", [args.dataset])
-    job = defs.resolve_job_def("main" if toy else "analyse")
-    run_config = {}
-    if toy and args.steps:
-        run_config = {"ops": {"toy_clip": {"config": {"steps": args.steps}}}}
-    sizes = {k: v for k, v in (("n_train", args.n_train), ("n_val", args.n_val)) if v}
-    if toy and sizes:
-        run_config.setdefault("ops", {})["toyworld"] = {"config": sizes}
-    result = job.execute_in_process(instance=instance, partition_key=key, run_config=run_config,
-                                    resources=resources, raise_on_error=False)
+    if args.steps is not None and resources["zoo"].spec(args.model).kind not in ("toy", "aft"):
+        raise CliplabError(f"--steps sets training steps of a toy or aft model; {args.model!r} is "
+                           f"{resources['zoo'].spec(args.model).kind!r}")
+    sizes = {k: v for k, v in (("n_train", args.n_train), ("n_val", args.n_val)) if v is not None}
+    outcome = materialise(DagsterInstance.get(), args.model, args.dataset, resources, retrain=args.retrain,
+                          steps={args.model: args.steps} if args.steps is not None else None,
+                          toyworld=sizes or None, log=lambda s: print(f"cliplab: {s}"))
     root = resources["store"].uri()
-    if not result.success:
-        failure = next((e for e in result.all_events if e.is_step_failure), None)
+    failed = outcome.failure()
+    if failed is not None:
+        failure = next((e for e in failed.all_events if e.is_step_failure), None)
         msg = root_cause(failure.step_failure_data.error) if failure else "see the run's logs"
-        print(f"\ncliplab: run {result.run_id} FAILED: {msg}", file=sys.stderr)
+        print(f"\ncliplab: run {failed.run_id} FAILED: {msg}", file=sys.stderr)
         return 1
-    print(f"\ncliplab: run {result.run_id} succeeded for model={args.model} dataset={args.dataset}")
+    runs = ", ".join(r.run_id[:8] for r in outcome.results)
+    print(f"\ncliplab: runs {runs} succeeded for model={args.model} dataset={args.dataset}")
     print(f"  artifacts: {root}  (Parquet, hive layout: <asset>/model=<m>/dataset=<d>/part-0.parquet)")
     print(f"  LanceDB:   {root}/lancedb")
+    print(f"  weights:   {root}/checkpoints/<model>/ (safetensors + open_clip_config.json)")
     print("  query:     cliplab query zero_shot_predictions --limit 5")
     print("  UI:        cliplab ui   (or: DAGSTER_HOME=$PWD/.dagster_home dagster dev -w workspace.yaml)")
     return 0
@@ -120,9 +118,11 @@ def parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="materialise the default graph for one (model, dataset) partition")
     r.add_argument("--model", default=TOY_MODEL_KEY)
     r.add_argument("--dataset", default=TOYWORLD_KEY)
-    r.add_argument("--steps", type=int, default=None, help="toy CLIP training steps (toy partition only)")
-    r.add_argument("--n-train", type=int, default=None, help="toyworld train images (toy partition only)")
-    r.add_argument("--n-val", type=int, default=None, help="toyworld val images (toy partition only)")
+    r.add_argument("--steps", type=int, default=None, help="training steps of the model's checkpoint (toy and aft models)")
+    r.add_argument("--n-train", type=int, default=None, help="regenerate toyworld with this many train images")
+    r.add_argument("--n-val", type=int, default=None, help="regenerate toyworld with this many val images")
+    r.add_argument("--retrain", action="store_true",
+                   help="re-materialise the model's checkpoint (and toyworld, for the toy model) even if present")
     r.set_defaults(fn=cmd_run)
     q = sub.add_parser("query", help="print rows of a materialised asset (polars)")
     q.add_argument("asset")

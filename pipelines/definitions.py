@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import os
 
-from dagster import AssetSelection, Definitions, define_asset_job
+from dagster import Definitions
 
-from assets import data, encodings
+from assets import checkpoint, data, encodings
 from assets.heads import contributions as heads
 from assets.heads import maps as head_maps
 from assets.heads import spans as head_spans
 from assets.mutual import concepts, descriptors, evaluations
 from assets.mutual import knowledge as mutual
 from assets.toy import world as toy
+from pipelines.jobs import JOBS
 from pipelines.sensors import registry_sensor
 from resources.datasets import DatasetCatalog
 from resources.labelers import HeadLabelers
@@ -40,42 +41,15 @@ def resources_from_env(root: str | None = None, registry: str | None = None) -> 
     }
 
 
-TOY = AssetSelection.assets(toy.toyworld, toy.toy_clip)
-PARTITIONED = AssetSelection.assets(data.dataset_manifest, data.class_text_embeddings, encodings.image_encodings,
-                                    concepts.prominent_patches, concepts.concept_clusters)
-
-# The default graph on the embedded default: toyworld generated, the toy CLIP trained, then every
-# partitioned asset for (toy-vit.s0 × toyworld). Unpartitioned toy assets run once in the same run.
-DESCRIPTORS = AssetSelection.assets(descriptors.descriptor_embeddings, descriptors.class_descriptors)
-MUTUAL = AssetSelection.assets(mutual.visual_concept_descriptors, mutual.mi_curves, mutual.mi_summary,
-                               mutual.model_comparison, evaluations.concept_eval, evaluations.descriptor_zero_shot)
-analyse_job = define_asset_job("analyse", selection=PARTITIONED,
-                               description="All partitioned assets for one (model, dataset) partition")
-
-# ViT only (a ResNet has no heads), so not part of `analyse`: materialise per partition or with this job.
-HEADS = AssetSelection.assets(heads.head_contributions, heads.text_bank_embeddings, head_spans.head_spans,
-                              head_spans.head_labels, head_spans.head_scores, head_maps.head_analysis_examples)
-main_job = define_asset_job("main", selection=TOY | PARTITIONED | DESCRIPTORS | MUTUAL | HEADS
-                            | AssetSelection.assets(head_spans.head_score_table),
-                            description="toyworld + toy CLIP + all partitioned assets for one (model, dataset)")
-heads_job = define_asset_job("heads", selection=HEADS,
-                             description="Per-head contributions and text banks (LanceDB), TextSpan per head, labels and scores for one ViT (model, dataset)")
-
-# Needs a descriptor bank (toyworld's, a published one, or the registry entry's `descriptors` file).
-descriptors_job = define_asset_job("descriptors", selection=DESCRIPTORS,
-                                   description="The dataset's descriptor bank encoded by one model (LanceDB) and D_ŷ per class")
-mutual_job = define_asset_job("mutual_knowledge", selection=DESCRIPTORS | MUTUAL,
-                              description="Descriptors, D_v by visual prompting and OT, MI curves and the summary for one (model, dataset)")
-
 defs = Definitions(
-    assets=[toy.toyworld, toy.toy_clip, data.dataset_manifest, data.class_text_embeddings, encodings.image_encodings,
+    assets=[toy.toyworld, checkpoint.checkpoint, data.dataset_manifest, data.class_text_embeddings, encodings.image_encodings,
             concepts.prominent_patches, concepts.concept_clusters, descriptors.descriptor_embeddings,
             descriptors.class_descriptors, mutual.visual_concept_descriptors, mutual.mi_curves, mutual.mi_summary,
             mutual.model_comparison, evaluations.concept_eval, evaluations.descriptor_zero_shot,
             heads.head_contributions, heads.text_bank_embeddings,
             head_spans.head_spans, head_spans.head_labels, head_spans.head_scores, head_spans.head_score_table,
             head_maps.head_analysis_examples],
-    jobs=[main_job, analyse_job, heads_job, descriptors_job, mutual_job],
+    jobs=JOBS,
     sensors=[registry_sensor],
     resources=resources_from_env(),
 )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -96,6 +96,7 @@ class DatasetView:
     templates: list[str]
     manifest: pl.DataFrame
     corrupt: list[tuple[str, str]] = field(default_factory=list)
+    split: str = ""  # toyworld: which split's images the manifest rows index
 
 
 class _Images:
@@ -110,7 +111,7 @@ class _Images:
     def __getitem__(self, i):
         row = self.rows[i]
         img = decode_png(self.png[row["toy_index"]]) if self.png is not None else load_rgb(row["path"])
-        return self.preprocess(img), i
+        return i, self.preprocess(img)
 
 
 class DatasetCatalog(ConfigurableResource):
@@ -160,17 +161,32 @@ class DatasetCatalog(ConfigurableResource):
         return DatasetView(key, spec, list(folder.class_names), list(folder.templates), manifest,
                            [(rel[p], why) for p, why in corrupt])
 
-    def _open_toyworld(self, spec: DatasetSpec) -> DatasetView:
+    def open_training(self, key: str) -> DatasetView:
+        """The images a model is fine-tuned on: toyworld's train split; a folder dataset as registered."""
+        spec = self.spec(key)
+        view = self._open_toyworld(spec, split="train") if spec.kind == "toyworld" else self.open(key)
+        if view.manifest.is_empty():
+            raise CliplabError(f"dataset {key!r} has no usable images to train on")
+        return view
+
+    def captions(self, view: DatasetView) -> list[str] | None:
+        """The caption of every manifest row (toyworld), or None for datasets without captions."""
+        if view.spec.kind != "toyworld":
+            return None
+        table = pl.read_parquet(self.toyworld_path(view.split), columns=["toy_index", "caption"])
+        return view.manifest.select("toy_index").join(table, on="toy_index", how="left", maintain_order="left")["caption"].to_list()
+
+    def _open_toyworld(self, spec: DatasetSpec, split: str | None = None) -> DatasetView:
         from cliplab.toy import toyworld
 
-        split = spec.split or "val"
+        split = split or spec.split or "val"
         path = self.toyworld_path(split)
         if not path.is_file():
             raise CliplabError(f"dataset {spec.key!r}: toyworld split {split!r} not found at {path}; materialise the toyworld asset first")
         table = pl.read_parquet(path, columns=["image_id", "toy_index", "label", "class_name"])
         manifest = (table.with_columns(pl.lit(None, pl.String).alias("path")).select(list(MANIFEST_COLUMNS))
                     .cast(MANIFEST_COLUMNS).sort("label", "image_id"))
-        return DatasetView(spec.key, spec, toyworld.class_names(), list(toyworld.TEMPLATES), manifest)
+        return DatasetView(spec.key, spec, toyworld.class_names(), list(toyworld.TEMPLATES), manifest, split=split)
 
     def part_maps(self, key: str) -> tuple[list[str], np.ndarray] | None:
         """(image ids, part maps (n, H, W) uint8) of a toyworld dataset; None for datasets without ground truth."""
@@ -182,16 +198,19 @@ class DatasetCatalog(ConfigurableResource):
 
     def image_batches(self, view: DatasetView, preprocess, batch_size: int = 64) -> Iterator[tuple[pl.DataFrame, "torch.Tensor"]]:
         """(manifest rows, images (B, 3, H, W)) in manifest order; decoding runs in `num_workers` processes."""
+        for idx, images in self._loader(view, preprocess, batch_size=batch_size, shuffle=False):
+            yield view.manifest[idx.tolist()], images
+
+    def planned_batches(self, view: DatasetView, preprocess, plan: Iterable[list[int]]) -> Iterator[tuple["torch.Tensor", "torch.Tensor"]]:
+        """(manifest row indices (B,), images (B, 3, H, W)) for each index list of `plan`, in order (training)."""
+        yield from self._loader(view, preprocess, batch_sampler=plan)
+
+    def _loader(self, view: DatasetView, preprocess, **batching):
         import torch
 
         png = None
         if view.spec.kind == "toyworld":
-            tbl = pq.read_table(self.toyworld_path(view.spec.split or "val"), columns=["toy_index", "image_png"])
+            tbl = pq.read_table(self.toyworld_path(view.split or view.spec.split or "val"), columns=["toy_index", "image_png"])
             png = dict(zip(tbl.column("toy_index").to_pylist(), tbl.column("image_png").to_pylist()))
-        rows = view.manifest.to_dicts()
-        loader = torch.utils.data.DataLoader(
-            _Images(rows, preprocess, png), batch_size=batch_size, shuffle=False,
-            num_workers=self.num_workers, persistent_workers=False,
-        )
-        for images, idx in loader:
-            yield view.manifest[idx.tolist()], images
+        images = _Images(view.manifest.to_dicts(), preprocess, png)
+        return torch.utils.data.DataLoader(images, num_workers=self.num_workers, persistent_workers=False, **batching)

@@ -23,7 +23,7 @@ from typing import Any
 from dagster import ConfigurableResource
 
 from cliplab.errors import CliplabError
-from resources.registry import ModelSpec, load_registry, validate_key
+from resources.registry import TOY_ARCH, ModelSpec, load_registry, validate_key
 
 CONFIG_FILE = "open_clip_config.json"
 RESIZE_MODES = ("shortest", "squash")
@@ -43,6 +43,47 @@ class LoadedModel:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     family: str  # "vit" or "resnet": partitions comparable within an architecture family
+
+
+@dataclass
+class Weights:
+    """A built open_clip model with its weights loaded, on the CPU, with what rebuilds it: `arch` (an open_clip
+    architecture name, or "toy-vit"), `model_cfg` (its config), the preprocessing's mean and std."""
+
+    model: Any
+    tokenizer: Any
+    arch: str
+    model_cfg: dict
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+def build_architecture(arch: str, source: str = ""):
+    """(random-init open_clip model, tokenizer, model config) for an open_clip architecture name or "toy-vit"."""
+    import open_clip
+
+    from cliplab.toy.clip import TOY_CLIP_CONFIG, build_toy_clip, toy_tokenizer
+
+    if arch == TOY_ARCH:
+        return build_toy_clip(), toy_tokenizer(), TOY_CLIP_CONFIG
+    if arch not in open_clip.list_models():
+        raise CliplabError(f"{source or 'model'}: unknown architecture {arch!r}: use an open_clip architecture "
+                           f"(open_clip.list_models(), e.g. 'ViT-B-32') or {TOY_ARCH!r}")
+    model = open_clip.create_model(arch, pretrained=None, load_weights=False)
+    return model, open_clip.get_tokenizer(arch), open_clip.get_model_config(arch)
+
+
+def as_weights(model, arch: str) -> Weights:
+    """`model` (an instance of `arch`: "toy-vit" or an open_clip name) with its architecture's config, tokenizer
+    and OpenAI's normalisation, ready for `save_checkpoint`."""
+    import open_clip
+
+    from cliplab.toy.clip import TOY_CLIP_CONFIG, toy_tokenizer
+
+    if arch == TOY_ARCH:
+        return Weights(model, toy_tokenizer(), arch, TOY_CLIP_CONFIG, open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD)
+    return Weights(model, open_clip.get_tokenizer(arch), arch, open_clip.get_model_config(arch),
+                   open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD)
 
 
 def pick_device(device: str = "auto") -> str:
@@ -93,7 +134,7 @@ def read_state_dict(path: str | Path) -> dict:
 def load_weights(model, state: dict, source: str) -> None:
     """Load `state` into `model`, refusing (with the offending keys named) any missing, extra or misshapen tensor."""
     own = model.state_dict()
-    if "logit_scale" in state and state["logit_scale"].ndim != own["logit_scale"].ndim:
+    if "logit_scale" in state and "logit_scale" in own and state["logit_scale"].ndim != own["logit_scale"].ndim:
         state["logit_scale"] = state["logit_scale"].reshape(own["logit_scale"].shape)
     missing = sorted(set(own) - set(state))
     extra = sorted(set(state) - set(own))
@@ -111,8 +152,9 @@ def load_weights(model, state: dict, source: str) -> None:
     model.load_state_dict(state, strict=True)
 
 
-def save_checkpoint(model, model_cfg: dict, folder: str | Path, extra: dict | None = None) -> Path:
-    """Write model weights (safetensors) + JSON sidecar into `folder` atomically (staged, then renamed)."""
+def save_checkpoint(weights: "Weights", folder: str | Path, extra: dict | None = None) -> Path:
+    """Write a model (safetensors) + JSON sidecar into `folder` atomically (staged, then renamed): open_clip's
+    local-dir layout, with the architecture, preprocessing and cliplab's provenance (`extra`) in the sidecar."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
@@ -120,10 +162,12 @@ def save_checkpoint(model, model_cfg: dict, folder: str | Path, extra: dict | No
     staged = folder.parent / f".{folder.name}.staging-{uuid.uuid4().hex[:8]}"
     staged.mkdir()
     try:
-        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        state = {k: v.detach().cpu().contiguous() for k, v in weights.model.state_dict().items()}
         save_file(state, str(staged / WEIGHTS_FILE))
-        sha = hashlib.sha256((staged / WEIGHTS_FILE).read_bytes()).hexdigest()
-        sidecar = {"model_cfg": model_cfg, "preprocess_cfg": {}, "cliplab": {**(extra or {}), "sha256": sha}}
+        sha = sha256_file(staged / WEIGHTS_FILE)
+        sidecar = {"model_cfg": weights.model_cfg,
+                   "preprocess_cfg": {"mean": list(weights.mean), "std": list(weights.std)},
+                   "cliplab": {**(extra or {}), "arch": weights.arch, "sha256": sha}}
         (staged / CONFIG_FILE).write_text(json.dumps(sidecar, indent=2, sort_keys=True))
         old = folder.parent / f".{folder.name}.old-{uuid.uuid4().hex[:8]}"
         if folder.exists():
@@ -134,6 +178,14 @@ def save_checkpoint(model, model_cfg: dict, folder: str | Path, extra: dict | No
         shutil.rmtree(staged, ignore_errors=True)
         raise
     return folder
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
 
 
 def read_sidecar(folder: str | Path) -> dict:
@@ -198,14 +250,16 @@ class ModelZoo(ConfigurableResource):
         return Path(self.artifacts_root) / "checkpoints" / validate_key(key, "model key")
 
     def spec(self, key: str) -> ModelSpec:
-        """The registry's entry, or a checkpoint folder the pipeline wrote (toy CLIP, AFT)."""
+        """The registry's entry (built-ins included), or — for a key whose entry is gone — the checkpoint folder
+        the pipeline wrote for it (kind "local-dir")."""
         validate_key(key, "model key")
         reg = load_registry(self.registry)
-        if key in reg.models:
-            return reg.models[key]
-        if (self.checkpoint_dir(key) / CONFIG_FILE).is_file():
-            return ModelSpec(key, "toy", arch="local-dir")
-        return reg.model(key)  # raises the "unknown model" error listing the known ones
+        try:
+            return reg.model(key)
+        except CliplabError:
+            if (self.checkpoint_dir(key) / CONFIG_FILE).is_file():
+                return ModelSpec(key, "local-dir", path=str(self.checkpoint_dir(key)))
+            raise
 
     def known_keys(self) -> list[str]:
         keys = set(load_registry(self.registry).models)
@@ -214,47 +268,94 @@ class ModelZoo(ConfigurableResource):
             keys |= {p.name for p in root.iterdir() if (p / CONFIG_FILE).is_file()}
         return sorted(keys)
 
+    def has_checkpoint(self, key: str) -> bool:
+        """Whether the `checkpoint` asset has written verified weights for `key` (toy, aft, checkpoint kinds)."""
+        return (self.checkpoint_dir(key) / CONFIG_FILE).is_file()
+
     def load(self, key: str) -> LoadedModel:
+        """The model of `key` on the zoo's device, preprocessing and tokenizer (one model cached per process)."""
         spec = self.spec(key)
         device = pick_device(self.device)
         cache_key = (key, device, str(Path(self.artifacts_root).resolve()), self._fingerprint(spec), self.resize_mode)
         if cache_key not in _CACHE:
             _CACHE.clear()  # one model in memory at a time: GPU memory is the scarce thing
-            _CACHE[cache_key] = self._load(spec, device)
+            w = self.weights(key)
+            _CACHE[cache_key] = self._finish(spec, w.model, w.tokenizer, device, w.mean, w.std)
         return _CACHE[cache_key]
 
     def _fingerprint(self, spec: ModelSpec) -> str:
-        if spec.kind == "toy":
-            cfg = self.checkpoint_dir(spec.key) / CONFIG_FILE
-            return str(cfg.stat().st_mtime_ns) if cfg.is_file() else "absent"
-        return f"{spec.arch}|{spec.pretrained}|{spec.path}"
+        cfg = self.checkpoint_dir(spec.key) / CONFIG_FILE
+        if spec.kind != "open_clip" and cfg.is_file():
+            return f"dir|{cfg.stat().st_mtime_ns}"
+        return f"{spec.kind}|{spec.arch}|{spec.pretrained}|{spec.path}|{spec.base}"
 
-    def _load(self, spec: ModelSpec, device: str) -> LoadedModel:
+    def weights(self, key: str) -> Weights:
+        """What analyses of `key` run on (CPU): the checkpoint folder the `checkpoint` asset wrote, else (for
+        open_clip tags and local files not yet materialised) the registry's source."""
+        spec = self.spec(key)
+        if spec.kind != "open_clip" and self.has_checkpoint(key):
+            return self.folder_weights(self.checkpoint_dir(key))
+        if spec.kind in ("open_clip", "checkpoint"):
+            return self.source_weights(spec)
+        raise CliplabError(
+            f"model {key!r} ({spec.kind}) has no checkpoint in {self.checkpoint_dir(key)}: materialise the `checkpoint` "
+            f"asset for partition {key!r} first (`cliplab run --model {key}` does)")
+
+    def folder_weights(self, folder: str | Path) -> Weights:
+        """A checkpoint folder in open_clip's local-dir layout (`save_checkpoint`), verified against its architecture."""
         import open_clip
 
-        mean, std = open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD
-        if spec.kind == "toy":
-            folder = self.checkpoint_dir(spec.key)
-            if not (folder / CONFIG_FILE).is_file():
-                raise CliplabError(
-                    f"model {spec.key!r} has no checkpoint in {folder}: materialise the toy_clip asset first "
-                    "(`cliplab run` does)"
-                )
-            cfg = read_sidecar(folder)["model_cfg"]
+        folder = Path(folder)
+        sidecar = read_sidecar(folder)
+        cfg, arch = sidecar["model_cfg"], sidecar.get("cliplab", {}).get("arch", "")
+        pre = sidecar.get("preprocess_cfg") or {}
+        mean = tuple(pre.get("mean", open_clip.OPENAI_DATASET_MEAN))
+        std = tuple(pre.get("std", open_clip.OPENAI_DATASET_STD))
+        if arch and arch != TOY_ARCH:
+            model, tokenizer, _ = build_architecture(arch, str(folder))
+        else:  # the toy CLIP, or a folder from before the sidecar named its architecture
             model = open_clip.CLIP(**cfg)
-            load_weights(model, read_state_dict(folder / WEIGHTS_FILE), str(folder / WEIGHTS_FILE))
             tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=cfg["text_cfg"].get("context_length", 77))
-        else:
-            if spec.arch not in open_clip.list_models():
-                raise CliplabError(f"model {spec.key!r}: unknown open_clip architecture {spec.arch!r}")
-            path = spec.path if spec.kind == "checkpoint" else download_pretrained(spec.arch, spec.pretrained, self.cache_dir)
-            model = open_clip.create_model(spec.arch, pretrained=None, load_weights=False)
+        load_weights(model, read_state_dict(folder / WEIGHTS_FILE), str(folder / WEIGHTS_FILE))
+        return Weights(model.eval(), tokenizer, arch or TOY_ARCH, cfg, mean, std)
+
+    def source_sha256(self, key: str) -> str:
+        """sha256 of the file a registry entry's weights come from (the cached open_clip file, or the local file)."""
+        spec = self.spec(key)
+        if spec.kind == "open_clip":
+            return sha256_file(download_pretrained(spec.arch, spec.pretrained, self.cache_dir))
+        if spec.kind in ("checkpoint", "local-dir"):
+            return sha256_file(spec.path if spec.kind == "checkpoint" else Path(spec.path) / WEIGHTS_FILE)
+        raise CliplabError(f"model {key!r} ({spec.kind}) has no source file: its weights come from its checkpoint partition")
+
+    def source_weights(self, spec: ModelSpec) -> Weights:
+        """The weights a registry entry points at (open_clip tag, local file, or image tower + base), verified."""
+        import open_clip
+
+        if spec.kind == "open_clip":
+            model, tokenizer, cfg = build_architecture(spec.arch, f"model {spec.key!r}")
+            path = download_pretrained(spec.arch, spec.pretrained, self.cache_dir)
             load_weights(model, read_state_dict(path), str(path))
-            if spec.kind == "open_clip":
-                pcfg = open_clip.get_pretrained_cfg(spec.arch, spec.pretrained)
-                mean, std = tuple(pcfg.get("mean", mean)), tuple(pcfg.get("std", std))
-            tokenizer = open_clip.get_tokenizer(spec.arch)
-        return self._finish(spec, model, tokenizer, device, mean, std)
+            pcfg = open_clip.get_pretrained_cfg(spec.arch, spec.pretrained)
+            mean = tuple(pcfg.get("mean", open_clip.OPENAI_DATASET_MEAN))
+            std = tuple(pcfg.get("std", open_clip.OPENAI_DATASET_STD))
+            return Weights(model.eval(), tokenizer, spec.arch, cfg, mean, std)
+        if spec.kind == "checkpoint" and spec.tower == "visual":
+            if spec.base == spec.key:
+                raise CliplabError(f"model {spec.key!r}: its base cannot be itself")
+            base = self.weights(spec.base)
+            state = read_state_dict(spec.path)
+            if state and all(k.startswith("visual.") for k in state):
+                state = {k[len("visual."):]: v for k, v in state.items()}
+            load_weights(base.model.visual, state, f"{spec.path} (image tower of {spec.base!r})")
+            return base
+        if spec.kind == "checkpoint":
+            model, tokenizer, cfg = build_architecture(spec.arch, f"model {spec.key!r}")
+            load_weights(model, read_state_dict(spec.path), spec.path)
+            return Weights(model.eval(), tokenizer, spec.arch, cfg, open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD)
+        if spec.kind == "local-dir":
+            return self.folder_weights(spec.path)
+        raise CliplabError(f"model {spec.key!r} ({spec.kind}) is made by the pipeline, not read from a source")
 
     def random_init(self, arch: str, seed: int = 0) -> LoadedModel:
         """A real open_clip architecture with random weights (tests and benchmarks; loads offline)."""
@@ -267,14 +368,18 @@ class ModelZoo(ConfigurableResource):
         return self._finish(spec, model, open_clip.get_tokenizer(arch), pick_device(self.device),
                             open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD)
 
-    def _finish(self, spec, model, tokenizer, device, mean, std) -> LoadedModel:
+    def transform(self, model, mean, std):
+        """((H, W), the model's val transform: PIL image → normalised (3, H, W)) under the zoo's resize mode."""
         import open_clip
 
         if self.resize_mode not in RESIZE_MODES:
             raise CliplabError(f"resize_mode must be one of {RESIZE_MODES}, not {self.resize_mode!r}")
-        model = model.to(device).eval()
         size = model.visual.image_size
         size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
-        preprocess = open_clip.image_transform(size, is_train=False, mean=mean, std=std, resize_mode=self.resize_mode)
+        return size, open_clip.image_transform(size, is_train=False, mean=mean, std=std, resize_mode=self.resize_mode)
+
+    def _finish(self, spec, model, tokenizer, device, mean, std) -> LoadedModel:
+        size, preprocess = self.transform(model, mean, std)
+        model = model.to(device).eval()
         family = "resnet" if hasattr(model.visual, "attnpool") else "vit"
         return LoadedModel(spec.key, spec, model, preprocess, tokenizer, device, size, tuple(mean), tuple(std), family)

@@ -86,7 +86,7 @@ class ReferenceData(ConfigurableResource):
         except (urllib.error.URLError, OSError) as e:
             raise CliplabError(
                 f"cannot download {url} ({getattr(e, 'reason', e)}): put the file at {target} "
-                f"(sha256 {sha}) or set local_dir to a folder that has {rel}"
+                f"(sha256 {sha}) or set CLIPLAB_REFERENCE_DIR to a folder that has {rel}"
             ) from None
         finally:
             if os.path.exists(tmp):

@@ -10,8 +10,21 @@ toy CLIP and toyworld) are always present; a user's file adds or overrides entri
 
     [models."vit-b-16.mine"]
     kind = "checkpoint"           # local open_clip .pt / .bin / .safetensors (never unpickled)
-    arch = "ViT-B-16"
+    arch = "ViT-B-16"             # an open_clip architecture, or "toy-vit"
     path = "/data/ckpt/epoch_32.safetensors"
+
+    [models."vit-b-32.fare4"]
+    kind = "checkpoint"           # a bare image-tower state dict (the robust-CLIP scripts' .pt files)
+    tower = "visual"              # combined with the text tower of `base`
+    base = "vit-b-32.openai"
+    path = "/data/ckpt/fare_eps_4.pt"
+
+    [models."vit-b-32.openai.aft-e4"]
+    kind = "aft"                  # adversarially fine-tuned from `base` on dataset `data`
+    base = "vit-b-32.openai"
+    data = "imagenet-train"
+    variant = "l1_huber"          # l1_huber | elastic | group | supervised | fare
+    eps = 4                       # ε, η, σ in units of 1/255; every AFTConfig field may be set
 
     [datasets."imagenet-val"]
     kind = "imagenet"             # imagefolder | imagenet | food101 | places365 | toyworld
@@ -20,6 +33,7 @@ toy CLIP and toyworld) are always present; a user's file adds or overrides entri
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -31,7 +45,9 @@ from cliplab.errors import CliplabError
 # and `...`. A slug of letters, digits, `.`, `-`, `_` avoids all of them.
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9._-]{0,79}$")
 
-MODEL_KINDS = ("toy", "open_clip", "checkpoint")
+MODEL_KINDS = ("toy", "open_clip", "checkpoint", "aft")
+TOWERS = ("full", "visual")
+TOY_ARCH = "toy-vit"
 DATASET_KINDS = ("toyworld", "imagefolder", "imagenet", "food101", "places365")
 
 
@@ -55,6 +71,9 @@ class ModelSpec:
     pretrained: str = ""
     path: str = ""
     seed: int = 0
+    base: str = ""  # aft, and checkpoint with tower = "visual": the model key whose weights it starts from
+    data: str = ""  # aft: the training dataset key
+    tower: str = "full"  # checkpoint: "full" CLIP state dict, or "visual" (image tower only)
     options: dict = field(default_factory=dict, compare=False, hash=False)
 
 
@@ -71,7 +90,17 @@ class DatasetSpec:
 TOY_MODEL_KEY = "toy-vit.s0"
 TOYWORLD_KEY = "toyworld"
 
-BUILTIN_MODELS = {TOY_MODEL_KEY: ModelSpec(TOY_MODEL_KEY, "toy", arch="toy-vit", seed=0)}
+_TOY_KEY = re.compile(r"^toy-vit\.s(\d{1,6})$")
+
+# The toy CLIP fine-tuned on toyworld: the paper's defaults (ε = 4/255) and a smaller budget (ε = 1/255).
+# 2 epochs of toyworld's 16,000 train images at batch 128 = 250 steps, as the paper's 2 ImageNet epochs.
+TOY_AFT = {"variant": "l1_huber", "steps": 250, "batch_size": 128}
+BUILTIN_MODELS = {
+    TOY_MODEL_KEY: ModelSpec(TOY_MODEL_KEY, "toy", arch=TOY_ARCH, seed=0),
+    **{f"{TOY_MODEL_KEY}.aft-e{e}": ModelSpec(f"{TOY_MODEL_KEY}.aft-e{e}", "aft", base=TOY_MODEL_KEY, data="toyworld",
+                                               options={**TOY_AFT, "eps": e})
+       for e in (4, 1)},
+}
 # toyworld's bank has 59 descriptors, so the paper's sizes, made for ImageNet's 4,229, would take most of
 # it: u = 50 would make D_ŷ 85 % of the bank and the top-500 candidate filter of D_v would keep all of it.
 # 7 is what one toyworld class lists (and ≈ 500/4,229 of the bank). `mi_u` and `dv_top` in any dataset
@@ -86,6 +115,9 @@ class Registry:
 
     def model(self, key: str) -> ModelSpec:
         validate_key(key, "model key")
+        toy = _TOY_KEY.match(key)
+        if key not in self.models and toy:
+            return ModelSpec(key, "toy", arch=TOY_ARCH, seed=int(toy.group(1)))
         if key not in self.models:
             raise CliplabError(f"unknown model {key!r}; registered models: {', '.join(sorted(self.models))}")
         return self.models[key]
@@ -97,19 +129,100 @@ class Registry:
         return self.datasets[key]
 
 
+def _field(entry: dict, name: str, kind: type, where: str, default=None):
+    value = entry.pop(name, default)
+    if value is not None and (not isinstance(value, kind) or isinstance(value, bool) and kind is not bool):
+        raise CliplabError(f"{where}: '{name}' must be of type {kind.__name__}, got {value!r}")
+    return value
+
+
 def _model_spec(key: str, entry: dict, source: str) -> ModelSpec:
     validate_key(key, "model key", source)
+    where = f"model {key!r} in {source}"
     entry = dict(entry)
     kind = entry.pop("kind", None)
     if kind not in MODEL_KINDS:
-        raise CliplabError(f"model {key!r} in {source}: kind must be one of {MODEL_KINDS}, got {kind!r}")
-    spec = ModelSpec(key, kind, arch=entry.pop("arch", ""), pretrained=entry.pop("pretrained", ""),
-                     path=entry.pop("path", ""), seed=int(entry.pop("seed", 0)), options=entry)
+        raise CliplabError(f"{where}: kind must be one of {MODEL_KINDS}, got {kind!r}")
+    spec = ModelSpec(key, kind, arch=_field(entry, "arch", str, where, ""), pretrained=_field(entry, "pretrained", str, where, ""),
+                     path=_field(entry, "path", str, where, ""), seed=_field(entry, "seed", int, where, 0),
+                     base=_field(entry, "base", str, where, ""), data=_field(entry, "data", str, where, ""),
+                     tower=_field(entry, "tower", str, where, "full"), options=entry)
+    if spec.base:
+        validate_key(spec.base, "base model key", source)
+    if spec.data:
+        validate_key(spec.data, "dataset key", source)
     if kind == "open_clip" and not (spec.arch and spec.pretrained):
-        raise CliplabError(f"model {key!r} in {source}: kind 'open_clip' needs 'arch' and 'pretrained'")
-    if kind == "checkpoint" and not (spec.arch and spec.path):
-        raise CliplabError(f"model {key!r} in {source}: kind 'checkpoint' needs 'arch' and 'path'")
+        raise CliplabError(f"{where}: kind 'open_clip' needs 'arch' and 'pretrained'")
+    if kind == "checkpoint":
+        if spec.tower not in TOWERS:
+            raise CliplabError(f"{where}: tower must be one of {TOWERS}, got {spec.tower!r}")
+        if spec.tower == "visual" and not (spec.base and spec.path):
+            raise CliplabError(f"{where}: tower = 'visual' needs 'base' (the model key of its text tower) and 'path'")
+        if spec.tower == "full" and not (spec.arch and spec.path):
+            raise CliplabError(f"{where}: kind 'checkpoint' needs 'arch' and 'path'")
+    if kind == "aft":
+        if not (spec.base and spec.data):
+            raise CliplabError(f"{where}: kind 'aft' needs 'base' (a model key) and 'data' (a dataset key)")
+        aft_config(spec, source)  # every hyper-parameter checked now, before any run
+    if kind == "toy":
+        toy_config(spec, source)
     return spec
+
+
+def _typed_options(spec: ModelSpec, defaults, source: str, extra: tuple[str, ...] = ()) -> dict:
+    """spec.options checked against the fields of the dataclass `defaults` (names and types)."""
+    where = f"model {spec.key!r}{f' in {source}' if source else ''}"
+    fields = {f.name: type(getattr(defaults, f.name)) for f in dataclasses.fields(defaults)}
+    out = {}
+    for name, value in spec.options.items():
+        if name in extra:
+            continue
+        if name not in fields:
+            raise CliplabError(f"{where}: unknown field {name!r} for kind {spec.kind!r}; known: {', '.join(sorted(fields) + list(extra))}")
+        want = fields[name]
+        ok = (isinstance(value, (int, float)) and not isinstance(value, bool)) if want is float else \
+             isinstance(value, (list, tuple)) if want is tuple else \
+             isinstance(value, want) and not (want is int and isinstance(value, bool))
+        if not ok:
+            raise CliplabError(f"{where}: {name!r} must be of type {want.__name__}, got {value!r}")
+        out[name] = tuple(value) if want is tuple else value
+    return out
+
+
+def aft_config(spec: ModelSpec, source: str = "", n_train: int | None = None):
+    """The validated AFTConfig of an `aft` entry. Without `steps` it trains `epochs` (default 2, the paper's)
+    epochs of the training set: pass `n_train` (its size) to resolve them into steps."""
+    from cliplab.aft.training import AFTConfig, epochs_to_steps
+
+    where = f"model {spec.key!r}{f' in {source}' if source else ''}"
+    values = _typed_options(spec, AFTConfig(), source, extra=("epochs",))
+    epochs = spec.options.get("epochs", None if "steps" in values else 2.0)
+    if "steps" in values and "epochs" in spec.options:
+        raise CliplabError(f"{where}: give 'steps' or 'epochs', not both")
+    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, (int, float)) or epochs <= 0):
+        raise CliplabError(f"{where}: 'epochs' must be a number > 0, got {epochs!r}")
+    try:
+        cfg = AFTConfig(**values, seed=spec.seed).validated()
+    except CliplabError as e:
+        raise CliplabError(f"{where}: {e}") from None
+    if epochs is not None and n_train is not None:
+        cfg = dataclasses.replace(cfg, steps=epochs_to_steps(epochs, n_train, cfg.batch_size))
+    return cfg
+
+
+def toy_config(spec: ModelSpec, source: str = ""):
+    """The toy CLIP's TrainConfig of a `toy` entry (its seed is the entry's)."""
+    from cliplab.toy.clip import TrainConfig
+
+    values = _typed_options(spec, TrainConfig(), source)
+    values.pop("seed", None)
+    cfg = TrainConfig(**values, seed=spec.seed)
+    for name in ("steps", "batch_size", "warmup"):
+        if getattr(cfg, name) < (0 if name == "warmup" else 1):
+            raise CliplabError(f"model {spec.key!r}: toy {name} must be >= {0 if name == 'warmup' else 1}, got {getattr(cfg, name)}")
+    if not cfg.lr > 0:
+        raise CliplabError(f"model {spec.key!r}: toy lr must be > 0, got {cfg.lr}")
+    return cfg
 
 
 def _dataset_spec(key: str, entry: dict, source: str) -> DatasetSpec:

@@ -18,29 +18,22 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
 
 
-def run_main(root: Path, steps: int | None = None, n_train: int | None = None, n_val: int | None = None, instance=None):
-    """Execute the `main` job for toy-vit.s0 × toyworld into `root`; returns (result, instance, seconds)."""
+def run_main(root: Path, steps: int | None = None, n_train: int | None = None, n_val: int | None = None, instance=None,
+             model: str = "toy-vit.s0", dataset: str = "toyworld", registry: str | None = None):
+    """Materialise (model, dataset) into `root` as `cliplab run` does; returns (outcome, instance, seconds)."""
     from dagster import DagsterInstance
 
-    from assets.partitions import partition_key
-    from pipelines.definitions import defs, resources_from_env
+    from pipelines.definitions import resources_from_env
+    from pipelines.runs import materialise
 
     # the default graph includes the head spans, whose text banks are published files: offline, from ../shared/data
     os.environ.setdefault("CLIPLAB_REFERENCE_DIR", str(SHARED / "data"))
     instance = instance or DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions("model", ["toy-vit.s0"])
-    instance.add_dynamic_partitions("dataset", ["toyworld"])
-    ops = {}
-    if steps is not None:
-        ops["toy_clip"] = {"config": {"steps": steps}}
-    if n_train is not None or n_val is not None:
-        ops["toyworld"] = {"config": {k: v for k, v in (("n_train", n_train), ("n_val", n_val)) if v is not None}}
+    sizes = {k: v for k, v in (("n_train", n_train), ("n_val", n_val)) if v is not None}
     t0 = time.perf_counter()
-    result = defs.resolve_job_def("main").execute_in_process(
-        instance=instance, partition_key=partition_key("toy-vit.s0", "toyworld"),
-        run_config={"ops": ops}, resources=resources_from_env(str(root)),
-    )
-    return result, instance, time.perf_counter() - t0
+    outcome = materialise(instance, model, dataset, resources_from_env(str(root), registry),
+                          steps={model: steps} if steps is not None else None, toyworld=sizes or None)
+    return outcome, instance, time.perf_counter() - t0
 
 
 @pytest.fixture(scope="session")

@@ -25,7 +25,7 @@ from dagster import (
 )
 
 from assets._report import png_metadata
-from assets.partitions import model_and_dataset, model_dataset
+from assets.partitions import MODEL_CHECKPOINT, model_and_dataset, model_dataset
 from cliplab.errors import CliplabError
 from resources.datasets import DatasetCatalog, decode_png
 from resources.head_index import HeadIndex
@@ -283,7 +283,7 @@ class HeadAnalysisConfig(Config):
     contrast_b: str = ""
 
 
-@asset(partitions_def=model_dataset, deps=[AssetKey("head_contributions"), AssetKey("head_spans"), AssetKey("head_labels")],
+@asset(partitions_def=model_dataset, deps=[AssetKey("head_contributions"), AssetKey("head_spans"), AssetKey("head_labels"), MODEL_CHECKPOINT],
        group_name="head_spans", kinds={"parquet"})
 def head_analysis_examples(context: AssetExecutionContext, config: HeadAnalysisConfig, zoo: ModelZoo,
                            datasets: DatasetCatalog, lance: LanceStore, store: ArtifactStore) -> MaterializeResult:

@@ -23,7 +23,7 @@ from dagster import (
 
 from assets._report import png_metadata
 from assets.data import read_class_weights
-from assets.partitions import model_and_dataset, model_dataset
+from assets.partitions import MODEL_CHECKPOINT, model_and_dataset, model_dataset
 from cliplab.errors import CliplabError
 from resources.labelers import HeadLabelers
 from resources.lance import LanceStore
@@ -78,7 +78,8 @@ def _banks(config: SpanConfig, texts: pl.DataFrame) -> list[str]:
 
 
 @asset(partitions_def=model_dataset, group_name="head_spans", kinds={"parquet"},
-       deps=[AssetKey("head_contributions"), AssetKey("text_bank_embeddings"), AssetKey("class_text_embeddings")])
+       deps=[AssetKey("head_contributions"), AssetKey("text_bank_embeddings"), AssetKey("class_text_embeddings"),
+             MODEL_CHECKPOINT])
 def head_spans(context: AssetExecutionContext, config: SpanConfig, store: ArtifactStore, lance: LanceStore,
                zoo: ModelZoo) -> MaterializeResult:
     """Per head × bank the TextSpan top-k texts (rank, score); the replacement accuracy per k in `head_span_replacement`."""

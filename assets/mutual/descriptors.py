@@ -7,7 +7,7 @@ import pyarrow as pa
 from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
 
 from assets._arrow import vectors
-from assets.partitions import model_and_dataset, model_dataset
+from assets.partitions import MODEL_CHECKPOINT, model_and_dataset, model_dataset
 from cliplab.errors import CliplabError
 from cliplab.mutual.descriptors import descriptor_bank
 from cliplab.toy import toyworld as tw
@@ -43,7 +43,7 @@ def bank_for(spec, reference: ReferenceData):
                        "({class name: [descriptor, ...]}) to its registry entry")
 
 
-@asset(partitions_def=model_dataset, deps=["dataset_manifest"], group_name="mutual_knowledge", kinds={"lancedb"})
+@asset(partitions_def=model_dataset, deps=["dataset_manifest", MODEL_CHECKPOINT], group_name="mutual_knowledge", kinds={"lancedb"})
 def descriptor_embeddings(context: AssetExecutionContext, datasets: DatasetCatalog, zoo: ModelZoo,
                           reference: ReferenceData, lance: LanceStore) -> MaterializeResult:
     """Per descriptor of D: unit text embeddings with no template and with "a photo showing {d}", and its classes."""

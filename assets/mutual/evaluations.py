@@ -23,7 +23,7 @@ from assets.mutual.knowledge import (
     read_descriptor_bank,
     read_predictions,
 )
-from assets.partitions import model_and_dataset, model_dataset
+from assets.partitions import MODEL_CHECKPOINT, model_and_dataset, model_dataset
 from cliplab import plots
 from cliplab.errors import CliplabError
 from cliplab.mutual.concept_eval import (
@@ -58,7 +58,7 @@ class ConceptEvalConfig(Config):
     encode_batch: int = 512
 
 
-@asset(partitions_def=model_dataset, deps=[DV, AssetKey("class_text_embeddings")], group_name="mutual_knowledge",
+@asset(partitions_def=model_dataset, deps=[DV, AssetKey("class_text_embeddings"), MODEL_CHECKPOINT], group_name="mutual_knowledge",
        kinds={"parquet"}, pool="gpu")
 def concept_eval(context: AssetExecutionContext, config: ConceptEvalConfig, datasets: DatasetCatalog, zoo: ModelZoo,
                  store: ArtifactStore) -> MaterializeResult:
@@ -164,7 +164,7 @@ class DescriptorZeroShotConfig(Config):
     template: str = ZERO_SHOT_PROMPT
 
 
-@asset(partitions_def=model_dataset, deps=[DV, AssetKey("descriptor_embeddings"), AssetKey("class_text_embeddings")],
+@asset(partitions_def=model_dataset, deps=[DV, AssetKey("descriptor_embeddings"), AssetKey("class_text_embeddings"), MODEL_CHECKPOINT],
        group_name="mutual_knowledge", kinds={"parquet"})
 def descriptor_zero_shot(context: AssetExecutionContext, config: DescriptorZeroShotConfig, datasets: DatasetCatalog,
                          zoo: ModelZoo, store: ArtifactStore, lance: LanceStore) -> MaterializeResult:

@@ -24,7 +24,7 @@ from dagster import (
 from assets._arrow import vectors
 from assets._report import Progress, png_metadata
 from assets.mutual.concepts import patch_grid
-from assets.partitions import model_and_dataset, model_dataset
+from assets.partitions import MODEL_CHECKPOINT, model_and_dataset, model_dataset
 from cliplab import plots
 from cliplab.errors import CliplabError
 from cliplab.mutual.information import (
@@ -109,7 +109,7 @@ def dv_schema(d: int) -> pa.Schema:
                            "image·descriptor cosine; descriptor_index_no_ot: plain top-k of S (the ablation)"})
 
 
-@asset(partitions_def=model_dataset, deps=[AssetKey("concept_clusters"), AssetKey("descriptor_embeddings"),
+@asset(partitions_def=model_dataset, deps=[MODEL_CHECKPOINT, AssetKey("concept_clusters"), AssetKey("descriptor_embeddings"),
                                            AssetKey("zero_shot_predictions")],
        group_name="mutual_knowledge", kinds={"parquet"}, pool="gpu")
 def visual_concept_descriptors(context: AssetExecutionContext, config: VisualConceptConfig, datasets: DatasetCatalog,
@@ -359,7 +359,7 @@ def class_curves(curves: pl.DataFrame) -> pl.DataFrame:
                                 "auc": pl.Float64, "images": pl.Int64}, orient="row").sort("class_index", "branch")
 
 
-@asset(partitions_def=model_dataset, deps=[mi_curves, AssetKey("zero_shot_predictions")],
+@asset(partitions_def=model_dataset, deps=[mi_curves, AssetKey("zero_shot_predictions"), MODEL_CHECKPOINT],
        group_name="mutual_knowledge", kinds={"parquet"})
 def mi_summary(context: AssetExecutionContext, zoo: ModelZoo, store: ArtifactStore) -> MaterializeResult:
     """One row per model × dataset, the paper's Table 3: top-1, MI and AUC for the PCA and k-means branches."""

@@ -95,7 +95,9 @@ def apgd_ce(
         idx = alive.nonzero().squeeze(1)
         if idx.numel() == 0:
             break
-        fooled, found = _apgd_run(logits_fn, x[idx], y[idx], _cross_entropy, eps, n_iter, rho, momentum, generator, on_iterate)
+        fooled, found = _apgd_run(
+            logits_fn, x[idx], y[idx], _cross_entropy, eps, n_iter, rho, momentum, generator, on_iterate
+        )
         adversarial[idx[fooled]] = found[fooled]
         alive[idx[fooled]] = False
     return adversarial, _predict(logits_fn, adversarial) == y
@@ -124,7 +126,9 @@ def apgd_t(
     clean = _predict_logits(logits_fn, x)
     n_classes = clean.shape[1]
     if n_classes < 4:
-        raise CliplabError(f"APGD-T's DLR loss needs at least 4 classes (it reads the 4th-highest logit), got {n_classes}")
+        raise CliplabError(
+            f"APGD-T's DLR loss needs at least 4 classes (it reads the 4th-highest logit), got {n_classes}"
+        )
     by_logit = clean.argsort(dim=1, descending=True, stable=True)  # (B, K): the clean ranking fixes the targets
     adversarial = x.clone()
     alive = by_logit[:, 0] == y
@@ -138,7 +142,9 @@ def apgd_t(
             def loss(logits: torch.Tensor, labels: torch.Tensor, target: torch.Tensor = target) -> torch.Tensor:
                 return dlr_targeted_loss(logits, labels, target)
 
-            fooled, found = _apgd_run(logits_fn, x[idx], y[idx], loss, eps, n_iter, rho, momentum, generator, on_iterate)
+            fooled, found = _apgd_run(
+                logits_fn, x[idx], y[idx], loss, eps, n_iter, rho, momentum, generator, on_iterate
+            )
             adversarial[idx[fooled]] = found[fooled]
             alive[idx[fooled]] = False
     return adversarial, _predict(logits_fn, adversarial) == y
@@ -178,16 +184,31 @@ def robust_accuracy(
     n_iter: int = N_ITER,
     n_restarts: int = 1,
     n_target_classes: int = N_TARGET_CLASSES,
+    batch_size: int | None = None,
 ) -> RobustAccuracy:
     """Robust accuracy (↑) under `attacks` run in sequence, each on the survivors of the previous ones (AutoAttack).
 
-    logits_fn: pixels (b, 3, H, W) in [0, 1] → (b, K), e.g. logit_scale · normalize(f(x)) @ Wᵀ; x: (B, 3, H, W);
-    y: (B,); eps in pixel units. One generator (from `seed`) feeds every attack's random starts.
+    logits_fn: pixels (b, 3, H, W) in [0, 1] → (b, K), e.g. logit_scale · normalize(f(x)) @ Wᵀ with the tower in
+    eval mode; x: (B, 3, H, W); y: (B,); eps in pixel units. One generator (from `seed`) feeds every attack's random
+    starts. `batch_size` bounds the points attacked at once (memory); every chunk runs the whole sequence.
     """
     unknown = [a for a in attacks if a not in ATTACKS]
     if unknown:
         raise CliplabError(f"unknown attack(s) {unknown}; choose from {ATTACKS}")
     generator = _generator(seed)
+    if batch_size is not None and x.shape[0] > batch_size:
+        options = {"n_iter": n_iter, "n_restarts": n_restarts, "n_target_classes": n_target_classes}
+        parts = [
+            robust_accuracy(logits_fn, x[s : s + batch_size], y[s : s + batch_size], eps, attacks, generator, **options)
+            for s in range(0, x.shape[0], batch_size)
+        ]
+        robust = torch.cat([p.robust for p in parts])
+        return RobustAccuracy(
+            clean=torch.cat([p.clean for p in parts]),
+            robust=robust,
+            pixels=torch.cat([p.pixels for p in parts]),
+            after_each={a: sum(p.after_each[a] * len(p.robust) for p in parts) / len(robust) for a in attacks},
+        )
     x, y = x.detach().float(), y.to(x.device)
     clean = _predict(logits_fn, x) == y
     robust, pixels, after_each = clean.clone(), x.clone(), {}

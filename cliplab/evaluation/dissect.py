@@ -35,7 +35,9 @@ MIN_PROB = 1e-7
 MAX_ELEMENTS = 2**26  # (k, neurons, concepts) block of gathered probabilities: 256 MB in float32
 
 
-def concept_probabilities(image_embeddings: torch.Tensor, concept_embeddings: torch.Tensor, alpha: float = ALPHA) -> torch.Tensor:
+def concept_probabilities(
+    image_embeddings: torch.Tensor, concept_embeddings: torch.Tensor, alpha: float = ALPHA
+) -> torch.Tensor:
     """P: (N, C) = softmax over concepts of α·cos(I_i, T_c); image embeddings (N, D), concept embeddings (C, D)."""
     cos = F.normalize(image_embeddings.float(), dim=-1) @ F.normalize(concept_embeddings.float(), dim=-1).T
     return (alpha * cos).softmax(dim=1)
@@ -96,7 +98,9 @@ def neuron_activations(tower: nn.Module, images: torch.Tensor, layer: int) -> to
     visual = tower.visual if isinstance(tower, PixelEncoder) else tower
     blocks = getattr(getattr(visual, "transformer", None), "resblocks", None)
     if blocks is None:
-        raise CliplabError(f"neuron activations need a ViT image tower (transformer.resblocks), got {type(visual).__name__}")
+        raise CliplabError(
+            f"neuron activations need a ViT image tower (transformer.resblocks), got {type(visual).__name__}"
+        )
     seen: dict[str, torch.Tensor] = {}
     handle = blocks[layer].register_forward_hook(lambda _m, _args, out: seen.__setitem__("out", out))
     try:

@@ -50,7 +50,9 @@ def remove_top_fraction(
         raise CliplabError(f"fraction must lie in [0, 1], got {fraction}")
     b, c, h, w = pixels.shape
     if saliency.shape != (b, h, w):
-        raise CliplabError(f"saliency {tuple(saliency.shape)} does not match pixels {tuple(pixels.shape)}: expected {(b, h, w)}")
+        raise CliplabError(
+            f"saliency {tuple(saliency.shape)} does not match pixels {tuple(pixels.shape)}: expected {(b, h, w)}"
+        )
     n_removed = round(fraction * h * w)
     removed = torch.zeros(b, h * w, dtype=torch.bool, device=pixels.device)
     removed.scatter_(1, pixel_ranking(saliency)[:, :n_removed].to(pixels.device), True)
@@ -67,7 +69,9 @@ def random_ranking(shape: tuple[int, int, int], generator: torch.Generator) -> t
     return torch.rand(shape, generator=generator, device=generator.device)
 
 
-def train_linear_probe(features: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray, seed: int = 0) -> Pipeline:
+def train_linear_probe(
+    features: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray, seed: int = 0
+) -> Pipeline:
     """Multinomial logistic regression on standardised features (N, D) → labels (N,), fitted by L-BFGS.
 
     L-BFGS from a zero start is deterministic; `seed` is passed to sklearn for solvers that would use it.
@@ -114,7 +118,9 @@ def roar_curve(
     return np.asarray(accuracies)
 
 
-def roar_area(method_curve: Sequence[float], random_curve: Sequence[float], fractions: Sequence[float] = DEFAULT_FRACTIONS) -> float:
+def roar_area(
+    method_curve: Sequence[float], random_curve: Sequence[float], fractions: Sequence[float] = DEFAULT_FRACTIONS
+) -> float:
     """Area between the curves ↑: ∫ (acc_random(t) − acc_method(t)) dt by the trapezoid rule over t ∈ `fractions`.
 
     Positive = the method's removals hurt the retrained probe more than random ones (more faithful); t in

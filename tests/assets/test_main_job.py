@@ -87,11 +87,11 @@ def test_patch_features_match_the_model(quick_root):
 
 def test_metadata_carries_pictures_and_counts(quick_root):
     _, _, result = quick_root
-    mats = {m.asset_key.path[-1]: m.metadata for node in ("toy_clip", "image_encodings", "toyworld")
+    mats = {m.asset_key.path[-1]: m.metadata for node in ("checkpoint", "image_encodings", "toyworld")
             for m in result.asset_materializations_for_node(node)}
     assert mats["patch_features"]["dagster/row_count"].value == 96
     assert mats["patch_features"]["images/s"].value > 0
-    assert mats["toy_clip"]["loss curve"].value.startswith("![loss curve](data:image/png;base64,")
+    assert mats["checkpoint"]["loss curve"].value.startswith("![loss curve](data:image/png;base64,")
     assert mats["zero_shot_predictions"]["per-class accuracy"].value.startswith("![per-class accuracy](data:image/png;base64,")
     assert mats["patch_features"]["token PCA"].value.startswith("![token PCA](data:image/png;base64,")
 

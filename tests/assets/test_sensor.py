@@ -28,10 +28,13 @@ def test_sensor_adds_partitions_and_requests_each_new_pair(tmp_path):
     ctx = build_sensor_context(instance=instance, resources=resources, definitions=defs)
     result = registry_sensor(ctx)
     added = [k for r in result.dynamic_partitions_requests for k in r.partition_keys]
-    assert sorted(added) == ["toy-vit.s7", "vit-b-32.openai"]
-    keys = sorted(r.partition_key for r in result.run_requests)
-    assert keys == ["toyworld|toy-vit.s7", "toyworld|vit-b-32.openai"]
-    # once they exist, the next tick asks for nothing
+    assert sorted(added) == ["toy-vit.s0.aft-e1", "toy-vit.s0.aft-e4", "toy-vit.s7", "vit-b-32.openai"]
+    runs = sorted((r.job_name, r.partition_key) for r in result.run_requests)
+    # toy-vit.s7 has weights (its checkpoint folder): analyses; vit-b-32 and toy-vit.s0 have none yet: their
+    # checkpoints; the AFT variants wait for their base toy-vit.s0
+    assert runs == [("analyse", "toyworld|toy-vit.s7"), ("checkpoints", "toy-vit.s0"), ("checkpoints", "vit-b-32.openai")]
+    # once the partitions exist, the next tick adds none and repeats only run keys already used (the daemon skips them)
     instance.add_dynamic_partitions("model", added)
     again = registry_sensor(build_sensor_context(instance=instance, resources=resources, definitions=defs))
-    assert not again.run_requests and not again.dynamic_partitions_requests
+    assert not again.dynamic_partitions_requests
+    assert {r.run_key for r in again.run_requests} == {r.run_key for r in result.run_requests}

@@ -17,7 +17,9 @@ CLI = [sys.executable, "-m", "pipelines.cli"]
 
 
 def env_for(tmp_path: Path) -> dict:
-    return {**os.environ, "DAGSTER_HOME": str(tmp_path / "dh"), "CLIPLAB_ARTIFACTS": str(tmp_path / "art"), "HF_HUB_OFFLINE": "1"}
+    # the head-span text banks are published files: offline, read from ../shared/data as scripts/main.sh does
+    return {**os.environ, "DAGSTER_HOME": str(tmp_path / "dh"), "CLIPLAB_ARTIFACTS": str(tmp_path / "art"), "HF_HUB_OFFLINE": "1",
+            "CLIPLAB_REFERENCE_DIR": str(REPO.parent / "shared" / "data")}
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +45,9 @@ def test_run_is_recorded_in_the_instance(ran):
     tmp, _, _ = ran
     with DagsterInstance.from_config(str(tmp / "dh")) as instance:
         runs = instance.get_runs()
-        assert len(runs) == 1 and runs[0].job_name == "main"
-        assert runs[0].tags["dagster/partition"] == "toyworld|toy-vit.s0"
+        # toyworld + the toy checkpoint (partitioned by model), then every analysis of the (model, dataset) partition
+        assert [(r.job_name, r.tags["dagster/partition"]) for r in reversed(runs)] == [
+            ("models", "toy-vit.s0"), ("main", "toyworld|toy-vit.s0")]
         assert instance.get_dynamic_partitions("model") == ["toy-vit.s0"]
 
 
@@ -103,11 +106,13 @@ def test_cliplab_ui_serves_the_lineage_with_both_partition_dimensions(ran):
             except OSError:
                 time.sleep(1)
         nodes = {"/".join(n["assetKey"]["path"]): n for n in data["data"]["assetNodes"]}
-        assert {"toyworld", "toy_clip", "dataset_manifest", "class_text_embeddings", "zero_shot_predictions", "patch_features"} <= set(nodes)
+        assert {"toyworld", "checkpoint", "dataset_manifest", "class_text_embeddings", "zero_shot_predictions", "patch_features"} <= set(nodes)
         dims = [d["name"] for d in nodes["patch_features"]["partitionDefinition"]["dimensionTypes"]]
         assert sorted(dims) == ["dataset", "model"]
         assert ["dataset_manifest"] in [d["path"] for d in nodes["patch_features"]["dependencyKeys"]]
-        assert ["toyworld"] in [d["path"] for d in nodes["toy_clip"]["dependencyKeys"]]
+        assert ["toyworld"] in [d["path"] for d in nodes["checkpoint"]["dependencyKeys"]]
+        assert ["checkpoint"] in [d["path"] for d in nodes["patch_features"]["dependencyKeys"]]
+        assert sorted(d["name"] for d in nodes["checkpoint"]["partitionDefinition"]["dimensionTypes"]) == ["default"]
         assert ["visual_concept_descriptors"] in [d["path"] for d in nodes["mi_curves"]["dependencyKeys"]]
         assert ["head_contributions"] in [d["path"] for d in nodes["head_spans"]["dependencyKeys"]]
         runs = '{ runsOrError { ... on Runs { results { jobName tags { key value } } } } }'

@@ -41,7 +41,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from cliplab.errors import CliplabError
-from cliplab.evaluation.saliency._common import check_inputs, cosine_scores, evaluating, minmax, patch_grid, upsample
+from cliplab.evaluation.saliency._common import (
+    check_inputs,
+    cosine_scores,
+    evaluating,
+    minmax,
+    patch_grid,
+    upsample,
+)
 from cliplab.pixels import PixelEncoder
 
 

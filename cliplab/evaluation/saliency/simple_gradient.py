@@ -11,7 +11,12 @@ from __future__ import annotations
 
 import torch
 
-from cliplab.evaluation.saliency._common import check_inputs, cosine_scores, evaluating, minmax
+from cliplab.evaluation.saliency._common import (
+    check_inputs,
+    cosine_scores,
+    evaluating,
+    minmax,
+)
 from cliplab.pixels import PixelEncoder
 
 CLIP_PERCENTILE = 0.99

@@ -10,10 +10,10 @@ from assets.mutual import concepts, descriptors
 from assets.mutual import knowledge as mutual
 from assets.partitions import partition_key
 from cliplab.toy import toyworld as tw
-from cliplab.toy.clip import TOY_CLIP_CONFIG, build_toy_clip
+from cliplab.toy.clip import build_toy_clip
 from cliplab.toy.groundtruth import descriptor_grounding
 from pipelines.definitions import resources_from_env
-from resources.models import save_checkpoint
+from resources.models import as_weights, save_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -43,7 +43,7 @@ def test_trained_toy_clip_has_more_mutual_knowledge_than_random_weights(trained_
     root, instance, _, _ = trained_root
     torch = pytest.importorskip("torch")
     torch.manual_seed(1)
-    save_checkpoint(build_toy_clip(), TOY_CLIP_CONFIG, root / "checkpoints" / "toy-vit.random", extra={"random_init": True})
+    save_checkpoint(as_weights(build_toy_clip(), "toy-vit"), root / "checkpoints" / "toy-vit.random", extra={"random_init": True})
     instance.add_dynamic_partitions("model", ["toy-vit.random"])
     chain = [data.dataset_manifest, data.class_text_embeddings, encodings.image_encodings, concepts.prominent_patches,
              concepts.concept_clusters, descriptors.descriptor_embeddings, descriptors.class_descriptors,

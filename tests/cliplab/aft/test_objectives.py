@@ -8,7 +8,6 @@ from cliplab.aft.training import AFTConfig
 from cliplab.errors import CliplabError
 
 
-
 @pytest.fixture(autouse=True)
 def float64():
     """Exact comparisons need float64; restore the default for the other test modules."""

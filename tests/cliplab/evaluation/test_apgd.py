@@ -20,7 +20,7 @@ def linear(w: torch.Tensor, b: torch.Tensor):
 @pytest.fixture(scope="module")
 def mlp():
     torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 32), torch.nn.Tanh(), torch.nn.Linear(32, 10))
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 32), torch.nn.Tanh(), torch.nn.Linear(32, 10))
     return net.eval().requires_grad_(False)
 
 
@@ -125,3 +125,5 @@ def test_robust_accuracy_of_a_linear_model_equals_the_closed_form():
     fooled = result.clean & ~result.robust
     assert (f(result.pixels[fooled]).argmax(1) != y[fooled]).all()
     assert (result.pixels - x).abs().max() <= eps + 1e-6
+    chunked = robust_accuracy(f, x, y, eps, seed=0, batch_size=24)  # chunks of 24, 24, 16: same verdicts
+    assert torch.equal(chunked.robust, expected) and chunked.after_each["apgd-t"] == pytest.approx(result.accuracy)

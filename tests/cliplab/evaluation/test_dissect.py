@@ -54,9 +54,11 @@ def test_soft_wpmi_matches_the_literal_formula_across_blocks():
     probs = (3 * torch.randn(150, 11, generator=g)).softmax(1)
     expected = literal_soft_wpmi(act, probs, top_k=100)
     for max_elements in (100 * 11, 3 * 100 * 11, 2**26):  # one neuron, three neurons, all at once
-        torch.testing.assert_close(soft_wpmi(act, probs, max_elements=max_elements).double(), expected, atol=1e-3, rtol=1e-5)
+        got = soft_wpmi(act, probs, max_elements=max_elements).double()
+        torch.testing.assert_close(got, expected, atol=1e-3, rtol=1e-5)
     # fewer probe images than top_k: all of them, the weights spanning the same range
-    torch.testing.assert_close(soft_wpmi(act[:40], probs[:40]).double(), literal_soft_wpmi(act[:40], probs[:40], 40), atol=1e-3, rtol=1e-5)
+    got = soft_wpmi(act[:40], probs[:40]).double()
+    torch.testing.assert_close(got, literal_soft_wpmi(act[:40], probs[:40], 40), atol=1e-3, rtol=1e-5)
 
 
 def test_recovers_a_planted_neuron_concept_pair_over_a_generic_concept():
@@ -100,7 +102,8 @@ def test_activations_are_the_cls_token_of_the_block_output(visual):
     assert last.shape == (3, 128)
     # the last block's CLS, through ln_post and proj, is the image embedding
     torch.testing.assert_close(visual.ln_post(last) @ visual.proj, visual(normalised), atol=1e-5, rtol=1e-5)
-    reference = visual.forward_intermediates(normalised, indices=[1], output_extra_tokens=True)["image_intermediates_prefix"][0][:, 0]
+    intermediates = visual.forward_intermediates(normalised, indices=[1], output_extra_tokens=True)
+    reference = intermediates["image_intermediates_prefix"][0][:, 0]
     torch.testing.assert_close(neuron_activations(visual, normalised, 1), reference)
     torch.testing.assert_close(neuron_activations(encoder, pixels, 1), reference)  # PixelEncoder: pixels in
 
@@ -114,7 +117,8 @@ def test_sequence_first_towers_are_read_at_the_cls_token(visual):
         block.attn.batch_first = False
     x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(4))
     torch.testing.assert_close(seq_first(x), visual(x), atol=1e-5, rtol=1e-5)  # the same network
-    torch.testing.assert_close(neuron_activations(seq_first, x, 2), neuron_activations(visual, x, 2), atol=1e-5, rtol=1e-5)
+    got, expected = neuron_activations(seq_first, x, 2), neuron_activations(visual, x, 2)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
 def test_non_vit_towers_are_refused():

@@ -55,8 +55,11 @@ def test_noise_ssim_shape_and_zero_noise_on_the_toy():
 
 
 def test_noise_ssim_falls_with_sigma_for_a_map_that_follows_the_pixels():
-    grey = lambda _encoder, pixels, _text: pixels.mean(1)  # noqa: E731 (a "saliency" that is the image)
-    x = F.interpolate(torch.rand(4, 3, 4, 4, generator=torch.Generator().manual_seed(1)), size=(32, 32), mode="bilinear")
+    def grey(_encoder, pixels, _text):  # a "saliency" that is the image itself
+        return pixels.mean(1)
+
+    coarse = torch.rand(4, 3, 4, 4, generator=torch.Generator().manual_seed(1))
+    x = F.interpolate(coarse, size=(32, 32), mode="bilinear", align_corners=False)
     ssim = noise_ssim(grey, None, x, torch.zeros(4, 1), torch.Generator().manual_seed(0))
     assert ssim.shape == (len(NOISE_LEVELS), 4)
     means = ssim.mean(1)

@@ -14,7 +14,10 @@ from cliplab.errors import CliplabError
 from cliplab.evaluation.saliency import SALIENCY_METHODS
 from cliplab.evaluation.saliency.grad_cam import _target_layer, grad_cam, tokens_to_grid
 from cliplab.evaluation.saliency.grad_eclip import grad_eclip, grad_eclip_grid
-from cliplab.evaluation.saliency.simple_gradient import simple_gradient, simple_gradient_raw
+from cliplab.evaluation.saliency.simple_gradient import (
+    simple_gradient,
+    simple_gradient_raw,
+)
 from cliplab.pixels import PixelEncoder
 from cliplab.toy.clip import MEAN, STD, build_toy_clip
 
@@ -79,7 +82,8 @@ def test_simple_gradient_is_the_analytic_gradient_of_a_linear_tower():
 
     clipped = torch.minimum(expected, torch.quantile(expected.flatten(1), 0.99, dim=1)[:, None, None])
     lo, hi = clipped.amin((1, 2), keepdim=True), clipped.amax((1, 2), keepdim=True)
-    torch.testing.assert_close(simple_gradient(encoder, x, t), ((clipped - lo) / (hi - lo)).float(), rtol=1e-5, atol=1e-6)
+    expected_map = ((clipped - lo) / (hi - lo)).float()
+    torch.testing.assert_close(simple_gradient(encoder, x, t), expected_map, rtol=1e-5, atol=1e-6)
 
 
 # ---- Grad-CAM: the token reshape -------------------------------------------------------------------
