@@ -49,3 +49,24 @@ def split_preprocess(preprocess) -> tuple[object, tuple[float, ...], tuple[float
         )
     norm = steps[-1]
     return T.Compose(list(steps[:-1])), tuple(float(m) for m in norm.mean), tuple(float(s) for s in norm.std)
+
+
+def mask_transform(preprocess):
+    """The geometric steps of a val transform (resize, crop) with nearest-neighbour resampling: PIL mask → PIL
+    mask aligned pixel for pixel with what `preprocess` makes of the image (labels must not be interpolated)."""
+    from torchvision import transforms as T
+
+    steps = []
+    for step in getattr(preprocess, "transforms", []):
+        if isinstance(step, T.Resize):
+            steps.append(T.Resize(step.size, interpolation=T.InterpolationMode.NEAREST, max_size=step.max_size,
+                                  antialias=False))
+        elif isinstance(step, T.CenterCrop):
+            steps.append(T.CenterCrop(step.size))
+        elif type(step).__name__ in GEOMETRIC_UNMIRRORED:
+            raise CliplabError(f"cannot mirror the preprocessing step {step!r} on masks")
+        # colour-mode, to-tensor and Normalize steps do not move pixels
+    return T.Compose(steps)
+
+
+GEOMETRIC_UNMIRRORED = {"ResizeKeepRatio", "CenterCropOrPad", "RandomResizedCrop", "RandomCrop"}

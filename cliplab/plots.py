@@ -218,3 +218,37 @@ def deletion_insertion(curves: dict, title: str) -> bytes:
         ax.legend(fontsize=6)
     fig.suptitle(title)
     return _png(fig)
+
+
+def saliency_grid(images: np.ndarray, panels: dict, title: str = "") -> bytes:
+    """Rows = images (n, H, W, 3) uint8; columns = the image, then one map (n, H, W) in [0, 1] per (model, method)
+    key of `panels`, overlaid on a grey copy of the image."""
+    plt = _plt()
+    keys = list(panels)
+    n = len(images)
+    fig, axes = plt.subplots(n, 1 + len(keys), figsize=(1.6 * (1 + len(keys)), 1.7 * n + 0.4), squeeze=False)
+    grey = images.mean(axis=-1)
+    for i in range(n):
+        axes[i, 0].imshow(images[i], interpolation="nearest")
+        for j, key in enumerate(keys, start=1):
+            axes[i, j].imshow(grey[i], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+            axes[i, j].imshow(panels[key][i], cmap="jet", alpha=0.55, vmin=0, vmax=1, interpolation="bilinear")
+            if i == 0:
+                model, method = key
+                axes[i, j].set_title(f"{model}\n{method}", fontsize=6)
+        for ax in axes[i]:
+            ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=8)
+    return _png(fig)
+
+
+def ssim_curves(curves: dict, title: str) -> bytes:
+    """One line per method: SSIM mean (↑) against the noise level with its 95 % interval; curves[m] = (s, mean, low, high)."""
+    fig, ax = _figure(5, 3)
+    for method, (s, mean, low, high) in curves.items():
+        ax.plot(s, mean, marker="o", ms=3, label=method)
+        ax.fill_between(s, low, high, alpha=0.2)
+    ax.set(xlabel="noise s.d. (1/255)", ylabel="SSIM(map(x), map(x + noise)) ↑", title=title, ylim=(None, 1.02))
+    ax.legend(fontsize=7)
+    return _png(fig)

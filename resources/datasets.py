@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     import torch
 
 TOYWORLD_ASSET = "toyworld"
+MASK_FORMATS = ("binary", "imagenet-s")
 MANIFEST_COLUMNS = {"image_id": pl.String, "path": pl.String, "toy_index": pl.Int64, "label": pl.Int64, "class_name": pl.String}
 
 
@@ -195,6 +196,57 @@ class DatasetCatalog(ConfigurableResource):
             return None
         df = pl.read_parquet(self.toyworld_path(spec.split or "val"), columns=["image_id", "part_map", "height", "width"])
         return df["image_id"].to_list(), decode_part_maps(df)
+
+    def masks(self, key: str, geometry) -> "Callable[[list[str]], np.ndarray] | None":
+        """image ids → (B, H, W) bool object masks at the model's input geometry, or None for a dataset without masks.
+
+        `geometry`: PIL mask → PIL mask, the model's resize/crop with nearest resampling (`cliplab.pixels.mask_transform`).
+        toyworld: part map > 0. Folder datasets: the entry's `masks` folder, else a `masks/` folder beside the image
+        folder, holding one PNG per image at the image's relative path (extension .png); `mask_format` = "binary"
+        (non-zero = object) or "imagenet-s" (ImageNet-S: class id R + 256·G, 0 = background, 1000 = ignored, counted
+        as background). An image without a mask file gets an empty mask (the metrics skip and count it).
+        """
+        from PIL import Image
+
+        spec = self.spec(key)
+        if spec.kind == "toyworld":
+            ids, maps = self.part_maps(key)
+            index = {i: n for n, i in enumerate(ids)}
+
+            def toy(image_ids):
+                return np.stack([np.asarray(geometry(Image.fromarray(maps[index[i]]))) > 0 for i in image_ids])
+
+            return toy
+        folder = Path(spec.options["masks"]) if spec.options.get("masks") else Path(spec.root).parent / "masks"
+        fmt = spec.options.get("mask_format", "binary")
+        if fmt not in MASK_FORMATS:
+            raise CliplabError(f"dataset {key!r}: mask_format must be one of {MASK_FORMATS}, not {fmt!r}")
+        if not folder.is_dir():
+            if spec.options.get("masks"):
+                raise CliplabError(f"dataset {key!r}: masks folder {folder} does not exist")
+            return None
+        root = Path(spec.root)
+
+        def load(image_id):
+            path = folder / Path(image_id).with_suffix(".png")
+            if not path.is_file():
+                return None
+            with Image.open(path) as m:
+                a = np.asarray(geometry(m.convert("RGB") if fmt == "imagenet-s" else m.convert("L")))
+            if fmt == "imagenet-s":
+                ids = a[..., 0].astype(np.int32) + 256 * a[..., 1].astype(np.int32)
+                return (ids > 0) & (ids != 1000)
+            return a > 0
+
+        def folder_masks(image_ids):
+            got = [load(i) for i in image_ids]
+            shape = next((g.shape for g in got if g is not None), None)
+            if shape is None:  # no mask for any of them: the shape comes from an image
+                with Image.open(root / image_ids[0]) as im:
+                    shape = np.asarray(geometry(im.convert("L"))).shape
+            return np.stack([g if g is not None else np.zeros(shape, bool) for g in got])
+
+        return folder_masks
 
     def image_batches(self, view: DatasetView, preprocess, batch_size: int = 64) -> Iterator[tuple[pl.DataFrame, "torch.Tensor"]]:
         """(manifest rows, images (B, 3, H, W)) in manifest order; decoding runs in `num_workers` processes."""

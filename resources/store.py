@@ -118,6 +118,16 @@ class ArtifactStore(ConfigurableResource):
             raise CliplabError(f"asset {asset!r} has no materialised partition {keys} (looked for {path})")
         return pl.scan_parquet(path).with_columns(pl.lit(v).alias(k) for k, v in partition.items())
 
+    def batches(self, asset: str, columns: list[str] | None = None, batch_size: int = 256, **partition: str):
+        """(schema metadata, iterator of pyarrow RecordBatches) of one partition, read row group by row group."""
+        if not self.exists(asset, **partition):
+            keys = ", ".join(f"{k}={v}" for k, v in partition.items())
+            raise CliplabError(f"asset {asset!r} has no materialised partition {keys} (looked for {self.table_path(asset, **partition)})")
+        fs, _ = self._fs()
+        f = pq.ParquetFile(self.table_path(asset, **partition), filesystem=fs)
+        meta = {k.decode(): v.decode() for k, v in (f.schema_arrow.metadata or {}).items()}
+        return meta, f.iter_batches(batch_size=batch_size, columns=columns)
+
     def scan(self, asset: str) -> pl.LazyFrame:
         """Every materialised partition of `asset`, with its hive keys as columns."""
         fs, base = self._fs()
