@@ -13,9 +13,7 @@ import hashlib
 import json
 import os
 import pickle
-import shutil
 import socket
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from typing import Any
 from dagster import ConfigurableResource
 
 from cliplab.errors import CliplabError
+from resources.atomic import recover, replaced_folder
 from resources.registry import TOY_ARCH, ModelSpec, load_registry, validate_key
 
 CONFIG_FILE = "open_clip_config.json"
@@ -157,11 +156,7 @@ def save_checkpoint(weights: "Weights", folder: str | Path, extra: dict | None =
     local-dir layout, with the architecture, preprocessing and cliplab's provenance (`extra`) in the sidecar."""
     from safetensors.torch import save_file
 
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staged = folder.parent / f".{folder.name}.staging-{uuid.uuid4().hex[:8]}"
-    staged.mkdir()
-    try:
+    with replaced_folder(folder) as staged:
         state = {k: v.detach().cpu().contiguous() for k, v in weights.model.state_dict().items()}
         save_file(state, str(staged / WEIGHTS_FILE))
         sha = sha256_file(staged / WEIGHTS_FILE)
@@ -169,15 +164,7 @@ def save_checkpoint(weights: "Weights", folder: str | Path, extra: dict | None =
                    "preprocess_cfg": {"mean": list(weights.mean), "std": list(weights.std)},
                    "cliplab": {**(extra or {}), "arch": weights.arch, "sha256": sha}}
         (staged / CONFIG_FILE).write_text(json.dumps(sidecar, indent=2, sort_keys=True))
-        old = folder.parent / f".{folder.name}.old-{uuid.uuid4().hex[:8]}"
-        if folder.exists():
-            folder.rename(old)
-        staged.rename(folder)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staged, ignore_errors=True)
-        raise
-    return folder
+    return Path(folder)
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -270,6 +257,7 @@ class ModelZoo(ConfigurableResource):
 
     def has_checkpoint(self, key: str) -> bool:
         """Whether the `checkpoint` asset has written verified weights for `key` (toy, aft, checkpoint kinds)."""
+        recover(self.checkpoint_dir(key))
         return (self.checkpoint_dir(key) / CONFIG_FILE).is_file()
 
     def load(self, key: str) -> LoadedModel:

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import uuid
 from pathlib import Path
 
 from cliplab.aft.training import TrainState
 from cliplab.errors import CliplabError
+from resources.atomic import recover, replaced_folder
 
 TENSORS, META = "state.safetensors", "state.json"
 
@@ -26,7 +26,6 @@ def save_state(folder: str | Path, state: TrainState, fingerprint: str) -> Path:
     from safetensors.torch import save_file
 
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
     tensors = {f"tower.{k}": v.contiguous() for k, v in state.tower.items()}
     moments = {}
     for i, slots in state.optimizer["state"].items():
@@ -37,19 +36,9 @@ def save_state(folder: str | Path, state: TrainState, fingerprint: str) -> Path:
                 moments.setdefault(str(i), {})[name] = value
     meta = {"step": state.step, "fingerprint": fingerprint, "param_groups": state.optimizer["param_groups"],
             "moments": moments, "history": state.history}
-    staged = folder.parent / f".{folder.name}.staging-{uuid.uuid4().hex[:8]}"
-    staged.mkdir()
-    try:
+    with replaced_folder(folder) as staged:
         save_file(tensors, str(staged / TENSORS))
         (staged / META).write_text(json.dumps(meta))
-        old = folder.parent / f".{folder.name}.old-{uuid.uuid4().hex[:8]}"
-        if folder.exists():
-            folder.rename(old)
-        staged.rename(folder)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staged, ignore_errors=True)
-        raise
     return folder
 
 
@@ -59,6 +48,7 @@ def load_state(folder: str | Path, fingerprint: str) -> TrainState | None:
     from safetensors.torch import load_file
 
     folder = Path(folder)
+    recover(folder)
     if not (folder / META).is_file() or not (folder / TENSORS).is_file():
         return None
     try:

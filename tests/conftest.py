@@ -44,6 +44,18 @@ def quick_root(tmp_path_factory):
     return root, instance, result
 
 
+@pytest.fixture
+def toy_root(quick_root, tmp_path):
+    """A fresh artifact root holding only the quick toy CLIP's checkpoint and toyworld (240 train, 96 val)."""
+    import shutil
+
+    src, _, _ = quick_root
+    dst = tmp_path / "artifacts"
+    shutil.copytree(src / "checkpoints", dst / "checkpoints")
+    shutil.copytree(src / "toyworld", dst / "toyworld")
+    return dst
+
+
 @pytest.fixture(scope="session")
 def trained_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("trained") / "artifacts"

@@ -26,13 +26,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def root(quick_root, tmp_path):
-    """A fresh artifact root holding only the quick toy checkpoint and toyworld."""
-    src, _, _ = quick_root
-    dst = tmp_path / "artifacts"
-    shutil.copytree(src / "checkpoints", dst / "checkpoints")
-    shutil.copytree(src / "toyworld", dst / "toyworld")
-    return dst
+def root(toy_root):
+    return toy_root
 
 
 def write_registry(tmp_path: Path, text: str) -> Path:

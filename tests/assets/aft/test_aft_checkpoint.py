@@ -30,13 +30,8 @@ AFT = """
 
 
 @pytest.fixture
-def root(quick_root, tmp_path):
-    """A fresh artifact root holding the quick toy CLIP's checkpoint and toyworld (240 train, 96 val)."""
-    src, _, _ = quick_root
-    dst = tmp_path / "artifacts"
-    shutil.copytree(src / "checkpoints", dst / "checkpoints")
-    shutil.copytree(src / "toyworld", dst / "toyworld")
-    return dst
+def root(toy_root):
+    return toy_root
 
 
 def registry(tmp_path: Path, text: str) -> str:
@@ -247,3 +242,40 @@ def test_a_bare_image_tower_combines_with_its_base(root, tmp_path):
     reg2 = registry(tmp_path, f'[models."x"]\nkind = "checkpoint"\ntower = "visual"\nbase = "toy-vit.s0"\npath = "{tmp_path / "full.pt"}"\n')
     with pytest.raises(CliplabError, match="unexpected tensors"):
         ModelZoo(registry=reg2, artifacts_root=str(root)).load("x")
+
+
+def test_an_interrupted_fine_tune_resumes_from_its_saved_state(root, tmp_path, monkeypatch):
+    """The asset saves training state every `save_every` steps; a run that dies after a save resumes there and ends
+    with the weights of a run that never stopped."""
+    import assets.aft.finetune as finetune
+
+    entry = AFT.replace("steps = 3", "steps = 4")
+    reg = registry(tmp_path, entry)
+    straight_root = tmp_path / "straight"
+    shutil.copytree(root, straight_root)
+    straight = materialise(DagsterInstance.ephemeral(), "toy-vit.s0.aft-t", "toyworld",
+                           resources_from_env(str(straight_root), reg), analyses=False)
+    assert straight.success, failure_message(straight)
+
+    real_save = finetune.save_state
+
+    def save_then_die(folder, state, fingerprint):
+        real_save(folder, state, fingerprint)
+        if state.step == 2:
+            raise RuntimeError("killed after the step-2 save")
+
+    monkeypatch.setattr(finetune, "save_state", save_then_die)
+    res = resources_from_env(str(root), reg)
+    died = materialise(DagsterInstance.ephemeral(), "toy-vit.s0.aft-t", "toyworld", res, analyses=False)
+    assert not died.success and "killed after the step-2 save" in failure_message(died)
+    assert not (root / "checkpoints" / "toy-vit.s0.aft-t").exists()
+    assert (root / "checkpoints" / ".training" / "toy-vit.s0.aft-t" / "state.safetensors").is_file()
+
+    monkeypatch.setattr(finetune, "save_state", real_save)
+    resumed = materialise(DagsterInstance.ephemeral(), "toy-vit.s0.aft-t", "toyworld", res, analyses=False)
+    assert resumed.success, failure_message(resumed)
+    assert resumed.asset_materializations_for_node("checkpoint")[0].metadata["resumed from step"].value == 2
+    a = read_state_dict(straight_root / "checkpoints" / "toy-vit.s0.aft-t" / "open_clip_model.safetensors")
+    b = read_state_dict(root / "checkpoints" / "toy-vit.s0.aft-t" / "open_clip_model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not (root / "checkpoints" / ".training" / "toy-vit.s0.aft-t").exists()
