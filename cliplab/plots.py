@@ -252,3 +252,47 @@ def ssim_curves(curves: dict, title: str) -> bytes:
     ax.set(xlabel="noise s.d. (1/255)", ylabel="SSIM(map(x), map(x + noise)) ↑", title=title, ylim=(None, 1.02))
     ax.legend(fontsize=7)
     return _png(fig)
+
+
+def metric_curves(curves: dict, xlabel: str, ylabel: str, title: str, ylim: tuple | None = None) -> bytes:
+    """One line with markers per key: curves[name] = (x, y), e.g. accuracy ↑ against ε or against the removed fraction."""
+    fig, ax = _figure(5, 3)
+    for name, (x, y) in curves.items():
+        ax.plot(x, y, marker="o", ms=3, label=name)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title, ylim=ylim)
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def histograms(values: dict, xlabel: str, title: str, bins: int = 30) -> bytes:
+    """Overlaid step histograms on shared bins, one per key: values[name] = 1-D array (e.g. best scores per neuron)."""
+    fig, ax = _figure(5, 3)
+    every = np.concatenate([np.asarray(v, dtype=float) for v in values.values()])
+    edges = np.histogram_bin_edges(every, bins=bins)
+    for name, v in values.items():
+        ax.hist(np.asarray(v, dtype=float), bins=edges, histtype="step", lw=1.5, label=f"{name} (n = {len(v)})")
+    ax.set(xlabel=xlabel, ylabel="count", title=title)
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def metric_bars(summary, max_models: int = 8) -> bytes:
+    """Grouped bars: one group per headline metric (the columns after model and dataset of `summary`), one bar per
+    (model, dataset) row, each metric scaled to its largest absolute value so different units share one axis."""
+    plt = _plt()
+    metrics = [c for c in summary.columns if c not in ("model", "dataset")]
+    rows = summary.head(max_models)
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(metrics)), 3.2))
+    width = 0.8 / max(1, rows.height)
+    scale = []
+    for m in metrics:
+        col = np.array([np.nan if v is None else v for v in summary[m].to_list()], dtype=float)
+        scale.append(np.nanmax(np.abs(col)) if np.isfinite(col).any() and np.nanmax(np.abs(col)) > 0 else 1.0)
+    for i, row in enumerate(rows.iter_rows(named=True)):
+        values = np.array([np.nan if row[m] is None else row[m] for m in metrics], dtype=float)
+        ax.bar(np.arange(len(metrics)) + i * width, values / np.array(scale), width, label=f"{row['model']} × {row['dataset']}")
+    ax.set_xticks(np.arange(len(metrics)) + 0.4 - width / 2, [m.replace(" ↑", "") for m in metrics], rotation=30,
+                  ha="right", fontsize=7)
+    ax.set(ylabel="value / largest |value| of the metric (↑)", title="evaluation: models side by side")
+    ax.legend(fontsize=6)
+    return _png(fig)

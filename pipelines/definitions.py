@@ -7,6 +7,8 @@ import os
 from dagster import Definitions
 
 from assets import checkpoint, data, encodings
+from assets.evaluation import dissect, explanations, localisation, robustness, saliency, table
+from assets.evaluation import roar as roar_assets
 from assets.heads import contributions as heads
 from assets.heads import maps as head_maps
 from assets.heads import spans as head_spans
@@ -14,7 +16,7 @@ from assets.mutual import concepts, descriptors, evaluations
 from assets.mutual import knowledge as mutual
 from assets.toy import world as toy
 from pipelines.jobs import JOBS
-from pipelines.sensors import registry_sensor
+from pipelines.sensors import evaluation_automation, registry_sensor
 from resources.datasets import DatasetCatalog
 from resources.labelers import HeadLabelers
 from resources.lance import LanceStore
@@ -48,8 +50,10 @@ defs = Definitions(
             mutual.model_comparison, evaluations.concept_eval, evaluations.descriptor_zero_shot,
             heads.head_contributions, heads.text_bank_embeddings,
             head_spans.head_spans, head_spans.head_labels, head_spans.head_scores, head_spans.head_score_table,
-            head_maps.head_analysis_examples],
+            head_maps.head_analysis_examples, saliency.saliency_maps, localisation.localisation_eval,
+            explanations.explanation_robustness, robustness.zero_shot_robustness, roar_assets.roar,
+            dissect.neuron_concepts, table.evaluation_table],
     jobs=JOBS,
-    sensors=[registry_sensor],
+    sensors=[registry_sensor, evaluation_automation],
     resources=resources_from_env(),
 )

@@ -3,6 +3,8 @@
 from dagster import AssetSelection, define_asset_job
 
 from assets import checkpoint, data, encodings
+from assets.evaluation import dissect, explanations, localisation, robustness, saliency, table
+from assets.evaluation import roar as roar_assets
 from assets.heads import contributions as heads
 from assets.heads import maps as head_maps
 from assets.heads import spans as head_spans
@@ -30,11 +32,19 @@ analyse_job = define_asset_job("analyse", selection=PARTITIONED,
 # ViT only (a ResNet has no heads), so not part of `analyse`: materialise per partition or with this job.
 HEADS = AssetSelection.assets(heads.head_contributions, heads.text_bank_embeddings, head_spans.head_spans,
                               head_spans.head_labels, head_spans.head_scores, head_maps.head_analysis_examples)
+# The interpretability evaluation of one (model, dataset); `evaluation_table` collects every partition's.
+EVALUATION = AssetSelection.assets(saliency.saliency_maps, localisation.localisation_eval,
+                                   explanations.explanation_robustness, robustness.zero_shot_robustness,
+                                   roar_assets.roar, dissect.neuron_concepts, table.evaluation_table)
+evaluation_job = define_asset_job("evaluation", selection=EVALUATION,
+                                  description="Saliency maps, localisation, explanation SSIM under noise, robust "
+                                              "accuracy (APGD), ROAR, CLIP-dissect and the cross-model table for one (model, dataset)")
+
 # The default graph for one (model, dataset), after `models` has made the model's checkpoint (`cliplab run`
 # runs both); the unpartitioned cross-model tables refresh in the same run.
-main_job = define_asset_job("main", selection=PARTITIONED | DESCRIPTORS | MUTUAL | HEADS
+main_job = define_asset_job("main", selection=PARTITIONED | DESCRIPTORS | MUTUAL | HEADS | EVALUATION
                             | AssetSelection.assets(head_spans.head_score_table),
-                            description="Every analysis of one (model, dataset): encodings, mutual knowledge, head spans")
+                            description="Every analysis of one (model, dataset): encodings, mutual knowledge, head spans, evaluation")
 heads_job = define_asset_job("heads", selection=HEADS,
                              description="Per-head contributions and text banks (LanceDB), TextSpan per head, labels and scores for one ViT (model, dataset)")
 
@@ -44,4 +54,4 @@ descriptors_job = define_asset_job("descriptors", selection=DESCRIPTORS,
 mutual_job = define_asset_job("mutual_knowledge", selection=DESCRIPTORS | MUTUAL,
                               description="Descriptors, D_v by visual prompting and OT, MI curves and the summary for one (model, dataset)")
 
-JOBS = [models_job, checkpoint_job, main_job, analyse_job, heads_job, descriptors_job, mutual_job]
+JOBS = [models_job, checkpoint_job, main_job, analyse_job, heads_job, descriptors_job, mutual_job, evaluation_job]

@@ -1,6 +1,15 @@
 """New checkpoints and datasets → new partitions; checkpoint runs for models without weights; analyses once they have them."""
 
-from dagster import AssetKey, DefaultSensorStatus, RunRequest, SensorEvaluationContext, SensorResult, sensor
+from dagster import (
+    AssetKey,
+    AssetSelection,
+    AutomationConditionSensorDefinition,
+    DefaultSensorStatus,
+    RunRequest,
+    SensorEvaluationContext,
+    SensorResult,
+    sensor,
+)
 
 from assets.partitions import dataset_partitions, model_partitions, partition_key
 from cliplab.errors import CliplabError
@@ -38,3 +47,9 @@ def registry_sensor(context: SensorEvaluationContext, zoo: ModelZoo, datasets: D
     if new_d:
         requests.append(dataset_partitions.build_add_request(new_d))
     return SensorResult(run_requests=runs, dynamic_partitions_requests=requests)
+
+
+# evaluation_table refreshes when any of its upstream partitions changes: this sensor (on by default with the daemon, i.e. `cliplab ui`) re-materialises it
+# whenever a partition of an evaluation, `mi_summary` or `head_span_replacement` changes.
+evaluation_automation = AutomationConditionSensorDefinition(
+    "evaluation_automation", target=AssetSelection.assets("evaluation_table"), default_status=DefaultSensorStatus.RUNNING)

@@ -105,7 +105,11 @@ BUILTIN_MODELS = {
 # it: u = 50 would make D_ŷ 85 % of the bank and the top-500 candidate filter of D_v would keep all of it.
 # 7 is what one toyworld class lists (and ≈ 500/4,229 of the bank). `mi_u` and `dv_top` in any dataset
 # entry override the paper's 50 and 500.
-BUILTIN_DATASETS = {TOYWORLD_KEY: DatasetSpec(TOYWORLD_KEY, "toyworld", split="val", options={"mi_u": 7, "dv_top": 7})}
+# The evaluation suite's subset sizes on toyworld: APGD (3 ε × CE + 9-target T × 100 iterations) on 200 val images,
+# ROAR on 1,000 train / 500 val images (9 fractions × 4 rankings re-encoded), all 1,200 for the rest.
+BUILTIN_DATASETS = {TOYWORLD_KEY: DatasetSpec(TOYWORLD_KEY, "toyworld", split="val", options={
+    "mi_u": 7, "dv_top": 7, "robust_images": 200, "roar_train_images": 1000, "roar_test_images": 500,
+    "robustness_images": 200})}
 
 
 @dataclass(frozen=True)

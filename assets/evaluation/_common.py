@@ -39,11 +39,12 @@ class PixelModel:
 
         return torch.autocast("cuda", dtype=torch.bfloat16) if self.device.startswith("cuda") else contextlib.nullcontext()
 
-    def logits(self, pixels):
-        """100 · normalize(f(x)) @ Wᵀ: (B, K), CLIP's zero-shot logits, differentiable w.r.t. pixels."""
+    def logits(self, pixels, autocast: bool = True):
+        """100 · normalize(f(x)) @ Wᵀ: (B, K), CLIP's zero-shot logits, differentiable w.r.t. pixels. Attacks pass
+        autocast=False: bf16 gradients are coarse enough to weaken an attack and overstate robustness."""
         import torch
 
-        with self.autocast():
+        with self.autocast() if autocast else contextlib.nullcontext():
             e = self.encoder(pixels)
         return 100.0 * torch.nn.functional.normalize(e.float(), dim=-1) @ self.weights.T
 

@@ -3,7 +3,8 @@
 Columns: model, dataset, metric, method (saliency method, attack, bank or branch; "" if none), level (ε or noise s in
 1/255, or the number of texts k; null if none), value, direction (↑ higher is better / ↓), source (the asset).
 Accuracies are fractions everywhere. It reads whatever partitions are materialised, so a new model or dataset
-appears as soon as its evaluations exist; declared eager, it re-materialises when any upstream partition changes.
+appears as soon as its evaluations exist; its automation condition re-materialises it when any upstream partition
+changes (with the `evaluation_automation` sensor, on by default under `cliplab ui`).
 """
 
 import polars as pl
@@ -89,8 +90,12 @@ def summary(table: pl.DataFrame) -> pl.DataFrame:
     return out
 
 
-@asset(deps=[AssetKey(s) for s in SOURCES], group_name="evaluation", kinds={"parquet"},
-       automation_condition=AutomationCondition.eager())
+# Not `eager()`: that waits until no upstream partition is missing, and some never exist (a ResNet has no head spans).
+REFRESH = (AutomationCondition.any_deps_updated() & ~AutomationCondition.any_deps_in_progress()
+           & ~AutomationCondition.in_progress())
+
+
+@asset(deps=[AssetKey(s) for s in SOURCES], group_name="evaluation", kinds={"parquet"}, automation_condition=REFRESH)
 def evaluation_table(context: AssetExecutionContext, store: ArtifactStore) -> MaterializeResult:
     """Every model × dataset × metric (accuracy, robustness, localisation, SSIM, ROAR, MI AUC, head spans) in one table."""
     table = collect_metrics(store)
