@@ -154,7 +154,7 @@ def _before_after(frozen: PixelEncoder, tower: PixelEncoder, base: Weights, view
     seen = 0
     for rows_, pixels in datasets.image_batches(subset, to_pixels, batch_size=min(cfg.batch_size, 256)):
         pixels = pixels.to(device)
-        labels = torch.as_tensor(rows_["label"].to_numpy(), device=device)
+        labels = torch.as_tensor(rows_["label"].to_numpy(writable=True), device=device)
         for name, enc in (("before", frozen), ("after", tower)):
             with torch.inference_mode():
                 emb = torch.nn.functional.normalize(enc(pixels).float(), dim=-1)

@@ -94,13 +94,13 @@ def check_target(target: str) -> str:
 def target_classes(store: ArtifactStore, model: str, dataset: str, rows: pl.DataFrame, target: str) -> np.ndarray:
     """(B,) class index per row: its label (`ground_truth`) or the zero-shot top-1 (`prediction`)."""
     if check_target(target) == "ground_truth":
-        return rows["label"].to_numpy()
+        return rows["label"].to_numpy(writable=True)
     preds = (store.read("zero_shot_predictions", model=model, dataset=dataset)
              .select("image_id", pl.col("top5_index").list.first().alias("pred")).collect())
     joined = rows.select("image_id").join(preds, on="image_id", how="left", maintain_order="left")
     if joined["pred"].null_count():
         raise CliplabError(f"zero_shot_predictions of {model} × {dataset} lacks {joined['pred'].null_count()} images: re-materialise it")
-    return joined["pred"].to_numpy()
+    return joined["pred"].to_numpy(writable=True)
 
 
 def applicable_methods(requested: list[str], family: str, known) -> tuple[list[str], list[str]]:

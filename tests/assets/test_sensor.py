@@ -28,7 +28,8 @@ def test_sensor_adds_partitions_and_requests_each_new_pair(tmp_path):
     ctx = build_sensor_context(instance=instance, resources=resources, definitions=defs)
     result = registry_sensor(ctx)
     added = [k for r in result.dynamic_partitions_requests for k in r.partition_keys]
-    assert sorted(added) == ["toy-vit.s0.aft-e1", "toy-vit.s0.aft-e4", "toy-vit.s7", "vit-b-32.openai"]
+    assert sorted(added) == ["toy-vit.s0.aft-e1", "toy-vit.s0.aft-e1-short", "toy-vit.s0.aft-e4", "toy-vit.s0.aft-e4-short",
+                             "toy-vit.s7", "vit-b-32.openai"]
     runs = sorted((r.job_name, r.partition_key) for r in result.run_requests)
     # toy-vit.s7 has weights (its checkpoint folder): analyses; vit-b-32 and toy-vit.s0 have none yet: their
     # checkpoints; the AFT variants wait for their base toy-vit.s0

@@ -15,7 +15,8 @@ def test_builtins_and_user_entries(tmp_path):
     m = reg.model("vit-b-16.mine")
     assert (m.kind, m.arch, m.path) == ("checkpoint", "ViT-B-16", "/x.safetensors")
     assert reg.dataset("food").split == "train"
-    assert load_registry(tmp_path / "absent.toml").models.keys() == {"toy-vit.s0", "toy-vit.s0.aft-e4", "toy-vit.s0.aft-e1"}
+    assert load_registry(tmp_path / "absent.toml").models.keys() == {
+        "toy-vit.s0", "toy-vit.s0.aft-e4", "toy-vit.s0.aft-e1", "toy-vit.s0.aft-e4-short", "toy-vit.s0.aft-e1-short"}
     assert reg.model("toy-vit.s12").seed == 12  # any toy seed is a toy model
 
 

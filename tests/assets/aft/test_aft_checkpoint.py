@@ -123,6 +123,9 @@ def test_builtin_aft_variants_are_the_paper_defaults_at_two_budgets():
     e4, e1 = aft_config(reg.model("toy-vit.s0.aft-e4")), aft_config(reg.model("toy-vit.s0.aft-e1"))
     assert (e4.variant, e4.eps, e4.eta, e4.sigma, e4.betas, e4.warmup_fraction) == ("l1_huber", 4, 1.0, 1.0, (0.9, 0.95), 0.07)
     assert e1.eps == 1 and reg.model("toy-vit.s0.aft-e4").base == "toy-vit.s0"
+    assert (e4.steps, e4.batch_size, e4.lr) == (250, 128, 1e-5)  # 2 epochs of toyworld's 16,000 train images
+    short = aft_config(reg.model("toy-vit.s0.aft-e1-short"))
+    assert (short.eps, short.steps, short.lr, short.eta, short.betas) == (1, 40, 1e-4, 1.0, (0.9, 0.95))
 
 
 @pytest.mark.parametrize("entry, message", [
