@@ -65,13 +65,14 @@ def _needs_toyworld(zoo, datasets, chain: list[str], dataset: str) -> bool:
 
 
 def materialise(instance, model: str, dataset: str, resources: dict, *, retrain: bool = False,
-                steps: dict[str, int] | None = None, toyworld: dict | None = None,
+                steps: dict[str, int] | None = None, toyworld: dict | None = None, analysis_config: dict | None = None,
                 analyses: bool = True, log: Callable[[str], None] = lambda s: None) -> Outcome:
     """Materialise (model, dataset): missing toyworld and checkpoints first, then the `main` job.
 
     retrain: re-materialise `model`'s own checkpoint (and toyworld, for the toy pair) even if present;
     steps: {model key: training steps} for toy / AFT checkpoints (quick runs); toyworld: its asset's config
-    (n_train, n_val, ...), which regenerates it; analyses: False stops after the checkpoints.
+    (n_train, n_val, ...), which regenerates it; analysis_config: {asset: config} for the `main` run; analyses:
+    False stops after the checkpoints.
     """
     from pipelines.definitions import defs
 
@@ -106,8 +107,9 @@ def materialise(instance, model: str, dataset: str, resources: dict, *, retrain:
         if not result.success:
             return outcome
     if analyses:
+        ops = {name: {"config": cfg} for name, cfg in (analysis_config or {}).items()}
         outcome.results.append(defs.resolve_job_def("main").execute_in_process(
-            instance=instance, partition_key=key, resources=resources, raise_on_error=False))
+            instance=instance, partition_key=key, resources=resources, raise_on_error=False, run_config={"ops": ops}))
     return outcome
 
 

@@ -1,8 +1,9 @@
 """Shared fixtures: a real Dagster instance and a real artifact root with the main job materialised once.
 
 `quick_root`: the whole default graph with a toy CLIP trained for a few steps on a small toyworld
-(plumbing: files, schemas, partitions). `trained_root` (slow): the default configuration, i.e. exactly
-what `cliplab run` does on a fresh machine; the acceptance tests read it.
+(plumbing: files, schemas, partitions). `trained_root` (slow): the default configuration, i.e. what
+`cliplab run` does on a fresh machine (with APGD and ROAR on smaller subsets: EVALUATION_IN_TESTS); the
+acceptance tests read it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ SHARED = REPO.parent / "shared"
 
 
 def run_main(root: Path, steps: int | None = None, n_train: int | None = None, n_val: int | None = None, instance=None,
-             model: str = "toy-vit.s0", dataset: str = "toyworld", registry: str | None = None):
+             model: str = "toy-vit.s0", dataset: str = "toyworld", registry: str | None = None,
+             analysis_config: dict | None = None):
     """Materialise (model, dataset) into `root` as `cliplab run` does; returns (outcome, instance, seconds)."""
     from dagster import DagsterInstance
 
@@ -32,8 +34,15 @@ def run_main(root: Path, steps: int | None = None, n_train: int | None = None, n
     sizes = {k: v for k, v in (("n_train", n_train), ("n_val", n_val)) if v is not None}
     t0 = time.perf_counter()
     outcome = materialise(instance, model, dataset, resources_from_env(str(root), registry),
-                          steps={model: steps} if steps is not None else None, toyworld=sizes or None)
+                          steps={model: steps} if steps is not None else None, toyworld=sizes or None,
+                          analysis_config=analysis_config)
     return outcome, instance, time.perf_counter() - t0
+
+
+# The trained root runs the default configuration, except the evaluation suite's two slowest assets, which no test
+# reads from it (the AFT acceptance test runs its own evaluation): APGD (≈ 3.6 s per toyworld image) and ROAR on
+# smaller subsets than toyworld's defaults (64 images; 1,000 / 500).
+EVALUATION_IN_TESTS = {"zero_shot_robustness": {"images": 16}, "roar": {"train_images": 300, "test_images": 150}}
 
 
 @pytest.fixture(scope="session")
@@ -59,6 +68,6 @@ def toy_root(quick_root, tmp_path):
 @pytest.fixture(scope="session")
 def trained_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("trained") / "artifacts"
-    result, instance, seconds = run_main(root)
+    result, instance, seconds = run_main(root, analysis_config=EVALUATION_IN_TESTS)
     assert result.success
     return root, instance, result, seconds
