@@ -61,8 +61,8 @@ MAKERS = {"open_clip": _verify_pretrained, "checkpoint": _store_checkpoint, "loc
           "toy": _train_toy, "aft": _finetune}
 
 
-@asset(partitions_def=model_partitions, deps=[toyworld], group_name="models", kinds={"pytorch", "safetensors"},
-       pool="gpu", code_version="1")
+@asset(code_version="1", partitions_def=model_partitions, deps=[toyworld], group_name="models", kinds={"pytorch", "safetensors"},
+       pool="gpu")
 def checkpoint(context: AssetExecutionContext, config: CheckpointConfig, zoo: ModelZoo, datasets: DatasetCatalog,
                store: ArtifactStore) -> MaterializeResult:
     """Verified weights of one model (open_clip tag, local checkpoint, toy CLIP or AFT fine-tune), keyed by sha256."""

@@ -17,7 +17,7 @@ class ManifestConfig(Config):
     on_corrupt: str = "skip"  # "skip": drop corrupt images and list them; "fail": the partition fails
 
 
-@asset(partitions_def=model_dataset, deps=[toyworld, MODEL_CHECKPOINT], group_name="data", kinds={"parquet"})
+@asset(code_version="1", partitions_def=model_dataset, deps=[toyworld, MODEL_CHECKPOINT], group_name="data", kinds={"parquet"})
 def dataset_manifest(context: AssetExecutionContext, config: ManifestConfig, datasets: DatasetCatalog,
                      zoo: ModelZoo, store: ArtifactStore) -> MaterializeResult:
     """One row per usable image: image_id, path (folders) or toy_index (toyworld), label, class_name."""
@@ -36,7 +36,7 @@ def dataset_manifest(context: AssetExecutionContext, config: ManifestConfig, dat
     })
 
 
-@asset(partitions_def=model_dataset, deps=[dataset_manifest, MODEL_CHECKPOINT], group_name="data", kinds={"parquet", "lancedb"})
+@asset(code_version="1", partitions_def=model_dataset, deps=[dataset_manifest, MODEL_CHECKPOINT], group_name="data", kinds={"parquet", "lancedb"})
 def class_text_embeddings(context: AssetExecutionContext, datasets: DatasetCatalog, zoo: ModelZoo,
                           store: ArtifactStore, lance: LanceStore) -> MaterializeResult:
     """W (K, D): per class the mean of its template prompts' unit text embeddings, re-normalised."""

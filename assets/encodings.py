@@ -9,7 +9,7 @@ import contextlib
 
 import numpy as np
 import pyarrow as pa
-from dagster import AssetExecutionContext, AssetOut, Config, MetadataValue, Output, multi_asset
+from dagster import AssetExecutionContext, AssetOut, Config, MaterializeResult, MetadataValue, multi_asset
 
 from assets._arrow import vectors
 from assets._report import Progress, png_metadata
@@ -49,9 +49,9 @@ PREDICTIONS_SCHEMA = pa.schema([
 
 @multi_asset(
     outs={
-        "zero_shot_predictions": AssetOut(is_required=False, group_name="encodings", kinds={"parquet"},
+        "zero_shot_predictions": AssetOut(code_version="1", is_required=False, group_name="encodings", kinds={"parquet"},
                                           description="Per image the top-5 classes, probabilities and cosines; top-1/top-5 accuracy in metadata."),
-        "patch_features": AssetOut(is_required=False, group_name="encodings", kinds={"parquet"},
+        "patch_features": AssetOut(code_version="1", is_required=False, group_name="encodings", kinds={"parquet"},
                                    description="Per image the last block's patch tokens (pre-ln_post) and keys (with in-proj bias), CLS token and unit image embedding."),
     },
     deps=[dataset_manifest, class_text_embeddings, MODEL_CHECKPOINT],
@@ -116,7 +116,7 @@ def image_encodings(context: AssetExecutionContext, config: EncodeConfig, datase
         per_class = np.divide(correct[0], correct[1], out=np.zeros_like(correct[0]), where=correct[1] > 0)
         top1 = float(correct[0].sum() / max(1, correct[1].sum()))
         context.log.info(f"zero-shot {model} × {dataset}: top-1 {top1:.4f} over {progress.done} images")
-        yield Output(None, "zero_shot_predictions", metadata={
+        yield MaterializeResult(asset_key="zero_shot_predictions", metadata={
             "dagster/row_count": progress.done, "top-1 accuracy": top1,
             "top-5 accuracy": top5_hits / max(1, progress.done), **throughput,
             "path": MetadataValue.path(store.table_path("zero_shot_predictions", model=model, dataset=dataset)),
@@ -131,7 +131,7 @@ def image_encodings(context: AssetExecutionContext, config: EncodeConfig, datase
             meta.update(png_metadata(plots.token_pca_overlay(_unnormalise(sample[0], m), sample[1], sample[2],
                                                              "patch tokens: first 3 PCs as RGB"),
                                      store.figure_path("patch_features", f"{model}__{dataset}.png"), "token PCA"))
-        yield Output(None, "patch_features", metadata=meta)
+        yield MaterializeResult(asset_key="patch_features", metadata=meta)
 
 
 def _unnormalise(images, m) -> np.ndarray:

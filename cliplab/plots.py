@@ -173,7 +173,7 @@ def auc_vs_accuracy(summary, fits, published) -> bytes:
         ax.plot(xs, row["slope"] * xs + row["intercept"], lw=1)
     ax.scatter(published["auc_pca"], published["top1"], marker="o", facecolors="none", edgecolors="grey",
                label="paper (ImageNet val)")
-    ax.set(xlabel="AUC of MI curve (PCA)", ylabel="zero-shot top-1 (%)", title="mutual knowledge vs accuracy")
+    ax.set(xlabel="AUC of MI curve (PCA)", ylabel="zero-shot top-1", title="mutual knowledge vs accuracy")
     ax.legend(fontsize=6)
     return _png(fig)
 
@@ -277,22 +277,35 @@ def histograms(values: dict, xlabel: str, title: str, bins: int = 30) -> bytes:
 
 
 def metric_bars(summary, max_models: int = 8) -> bytes:
-    """Grouped bars: one group per headline metric (the columns after model and dataset of `summary`), one bar per
-    (model, dataset) row, each metric scaled to its largest absolute value so different units share one axis."""
+    """Small multiples: one panel per headline metric (the columns after model and dataset of `summary`), one bar per
+    (model, dataset) row, each panel on its own axis (zoomed to the values) with the values written on the bars."""
     plt = _plt()
     metrics = [c for c in summary.columns if c not in ("model", "dataset")]
     rows = summary.head(max_models)
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(metrics)), 3.2))
-    width = 0.8 / max(1, rows.height)
-    scale = []
-    for m in metrics:
-        col = np.array([np.nan if v is None else v for v in summary[m].to_list()], dtype=float)
-        scale.append(np.nanmax(np.abs(col)) if np.isfinite(col).any() and np.nanmax(np.abs(col)) > 0 else 1.0)
-    for i, row in enumerate(rows.iter_rows(named=True)):
-        values = np.array([np.nan if row[m] is None else row[m] for m in metrics], dtype=float)
-        ax.bar(np.arange(len(metrics)) + i * width, values / np.array(scale), width, label=f"{row['model']} × {row['dataset']}")
-    ax.set_xticks(np.arange(len(metrics)) + 0.4 - width / 2, [m.replace(" ↑", "") for m in metrics], rotation=30,
-                  ha="right", fontsize=7)
-    ax.set(ylabel="value / largest |value| of the metric (↑)", title="evaluation: models side by side")
-    ax.legend(fontsize=6)
+    labels = [f"{r['model']} × {r['dataset']}" for r in rows.iter_rows(named=True)]
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    cols = min(4, len(metrics))
+    nrows = -(-len(metrics) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.1 * cols, 2.4 * nrows + 0.5), squeeze=False)
+    for ax, m in zip(axes.flat, metrics):
+        values = np.array([np.nan if v is None else v for v in rows[m].to_list()], dtype=float)
+        x = np.arange(len(values))
+        ax.bar(x, np.nan_to_num(values), color=[colours[i % len(colours)] for i in x])
+        finite = values[np.isfinite(values)]
+        if finite.size:
+            lo, hi = finite.min(), finite.max()
+            pad = max(hi - lo, 0.02 * max(abs(hi), 1e-9))
+            ax.set_ylim(lo - 1.5 * pad if lo - 1.5 * pad > 0 or lo < 0 else 0, hi + 0.6 * pad)
+        for xi, v in zip(x, values):
+            if np.isfinite(v):
+                ax.text(xi, v, f"{v:.3f}", ha="center", va="bottom", fontsize=6)
+        ax.set_xticks([])
+        ax.set_title(m, fontsize=8)
+        ax.tick_params(labelsize=6)
+    for ax in list(axes.flat)[len(metrics):]:
+        ax.axis("off")
+    fig.legend([plt.Rectangle((0, 0), 1, 1, color=colours[i % len(colours)]) for i in range(len(labels))], labels,
+               loc="lower center", ncol=min(3, len(labels)), fontsize=7, frameon=False)
+    fig.suptitle("evaluation: models side by side (↑ better; each axis zoomed to its values)", fontsize=9)
+    fig.tight_layout(rect=(0, 0.04 + 0.03 * ((len(labels) - 1) // 3 + 1), 1, 0.97))
     return _png(fig)

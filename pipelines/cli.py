@@ -12,22 +12,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def ensure_dagster_home() -> Path:
-    """DAGSTER_HOME (default ./.dagster_home) with the project's dagster.yaml in it."""
-    home = Path(os.environ.setdefault("DAGSTER_HOME", str(Path.cwd() / ".dagster_home"))).resolve()
-    os.environ["DAGSTER_HOME"] = str(home)
-    home.mkdir(parents=True, exist_ok=True)
-    src = REPO / "dagster.yaml"
-    if src.is_file() and not (home / "dagster.yaml").exists():
-        shutil.copy(src, home / "dagster.yaml")
-    return home
 
 
 def cmd_run(args) -> int:
@@ -41,7 +29,6 @@ def cmd_run(args) -> int:
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise CliplabError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
-    ensure_dagster_home()
     resources = resources_from_env(args.artifacts)
     if args.steps is not None and resources["zoo"].spec(args.model).kind not in ("toy", "aft"):
         raise CliplabError(f"--steps sets training steps of a toy or aft model; {args.model!r} is "
@@ -93,11 +80,13 @@ def cmd_query(args) -> int:
 
 
 def cmd_ui(args) -> int:
-    home = ensure_dagster_home()
-    cmd = [shutil.which("dagster") or "dagster", "dev", "-w", str(REPO / "workspace.yaml"), "-h", args.host, "-p", str(args.port)]
+    home = os.environ["DAGSTER_HOME"]
+    # this interpreter's dagster, so the venv need not be on PATH (`dagster dev` starts its webserver, daemon and
+    # code servers with sys.executable too)
+    cmd = [sys.executable, "-m", "dagster", "dev", "-w", str(REPO / "workspace.yaml"), "-h", args.host, "-p", str(args.port)]
     print(f"cliplab: DAGSTER_HOME={home}; {' '.join(cmd)}")
     os.chdir(REPO)
-    os.execvp(cmd[0], cmd)
+    os.execv(cmd[0], cmd)
 
 
 def cmd_list(args) -> int:
@@ -145,8 +134,10 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from cliplab.errors import CliplabError
+    from pipelines.environment import prepare_environment
 
     args = parser().parse_args(argv)
+    prepare_environment()
     try:
         return args.fn(args)
     except CliplabError as e:

@@ -34,6 +34,9 @@ def _filesystem(root: str) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), str(Path(root).resolve())
 
 
+HIVE_SCHEMA = {"model": pl.String, "dataset": pl.String}
+
+
 class ArtifactStore(ConfigurableResource):
     """Where every table lives. `root` is a folder or a URI (`s3://bucket/cliplab`)."""
 
@@ -134,4 +137,5 @@ class ArtifactStore(ConfigurableResource):
         root = f"{base.rstrip('/')}/{asset}"
         if fs.get_file_info(root).type != pafs.FileType.Directory:
             raise CliplabError(f"asset {asset!r} has no materialised partitions under {self.uri(asset)}")
-        return pl.scan_parquet(self.glob(asset), hive_partitioning=True)
+        # partition keys are strings, even one that looks like a number or a date ("2024")
+        return pl.scan_parquet(self.glob(asset), hive_partitioning=True, hive_schema=HIVE_SCHEMA, try_parse_hive_dates=False)

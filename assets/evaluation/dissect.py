@@ -54,7 +54,7 @@ class DissectConfig(Config):
     seed: int = 0
 
 
-@asset(partitions_def=model_dataset, deps=[AssetKey("dataset_manifest"), MODEL_CHECKPOINT], group_name="evaluation",
+@asset(code_version="1", partitions_def=model_dataset, deps=[AssetKey("dataset_manifest"), MODEL_CHECKPOINT], group_name="evaluation",
        kinds={"parquet", "lancedb"}, pool="gpu")
 def neuron_concepts(context: AssetExecutionContext, config: DissectConfig, datasets: DatasetCatalog, zoo: ModelZoo,
                     store: ArtifactStore, lance: LanceStore, reference: ReferenceData) -> MaterializeResult:

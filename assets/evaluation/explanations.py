@@ -43,7 +43,7 @@ class ExplanationRobustnessConfig(Config):
     seed: int = 0
 
 
-@asset(partitions_def=model_dataset, deps=[AssetKey("saliency_maps"), AssetKey("class_text_embeddings"), MODEL_CHECKPOINT],
+@asset(code_version="1", partitions_def=model_dataset, deps=[AssetKey("saliency_maps"), AssetKey("class_text_embeddings"), MODEL_CHECKPOINT],
        group_name="evaluation", kinds={"parquet"}, pool="gpu")
 def explanation_robustness(context: AssetExecutionContext, config: ExplanationRobustnessConfig, datasets: DatasetCatalog,
                            zoo: ModelZoo, store: ArtifactStore) -> MaterializeResult:

@@ -30,7 +30,7 @@ class LocalisationConfig(Config):
     ap_average: str = "micro"  # AP of [map vs foreground, 1 − map vs background]: pooled ("micro") or averaged ("macro")
 
 
-@asset(partitions_def=model_dataset, deps=[AssetKey("saliency_maps")], group_name="evaluation", kinds={"parquet"})
+@asset(code_version="1", partitions_def=model_dataset, deps=[AssetKey("saliency_maps")], group_name="evaluation", kinds={"parquet"})
 def localisation_eval(context: AssetExecutionContext, config: LocalisationConfig, datasets: DatasetCatalog,
                       zoo: ModelZoo, store: ArtifactStore) -> MaterializeResult:
     """Pointing game, energy pointing game, pixel accuracy, fg/bg mIoU and AP of every saliency method vs object masks."""

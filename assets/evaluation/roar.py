@@ -49,7 +49,7 @@ class RoarConfig(Config):
     seed: int = 0  # the subsets, the folder split, the random ranking and the probe
 
 
-@asset(partitions_def=model_dataset, group_name="evaluation", kinds={"parquet"}, pool="gpu",
+@asset(code_version="1", partitions_def=model_dataset, group_name="evaluation", kinds={"parquet"}, pool="gpu",
        deps=[AssetKey("class_text_embeddings"), AssetKey("dataset_manifest"), MODEL_CHECKPOINT])
 def roar(context: AssetExecutionContext, config: RoarConfig, datasets: DatasetCatalog, zoo: ModelZoo,
          store: ArtifactStore) -> MaterializeResult:

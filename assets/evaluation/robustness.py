@@ -45,7 +45,7 @@ class RobustnessConfig(Config):
     seed: int = 0  # the subset and every attack's random starts
 
 
-@asset(partitions_def=model_dataset, group_name="evaluation", kinds={"parquet"}, pool="gpu",
+@asset(code_version="1", partitions_def=model_dataset, group_name="evaluation", kinds={"parquet"}, pool="gpu",
        deps=[AssetKey("class_text_embeddings"), AssetKey("dataset_manifest"), MODEL_CHECKPOINT])
 def zero_shot_robustness(context: AssetExecutionContext, config: RobustnessConfig, datasets: DatasetCatalog,
                          zoo: ModelZoo, store: ArtifactStore) -> MaterializeResult:

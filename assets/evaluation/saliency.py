@@ -46,7 +46,7 @@ def maps_schema(h: int, w: int, small: int) -> pa.Schema:
                                        "layout": "map is row-major (height, width), float16 in [0, 1]"})
 
 
-@asset(partitions_def=model_dataset, deps=[AssetKey("dataset_manifest"), AssetKey("class_text_embeddings"),
+@asset(code_version="1", partitions_def=model_dataset, deps=[AssetKey("dataset_manifest"), AssetKey("class_text_embeddings"),
                                            AssetKey("zero_shot_predictions"), MODEL_CHECKPOINT],
        group_name="evaluation", kinds={"parquet"}, pool="gpu")
 def saliency_maps(context: AssetExecutionContext, config: SaliencyConfig, datasets: DatasetCatalog, zoo: ModelZoo,

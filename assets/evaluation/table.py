@@ -19,6 +19,8 @@ COLUMNS = {"model": pl.String, "dataset": pl.String, "metric": pl.String, "metho
            "value": pl.Float64, "direction": pl.String, "source": pl.String}
 SOURCES = ("zero_shot_predictions", "zero_shot_robustness", "localisation_eval", "explanation_robustness", "roar",
            "mi_summary", "head_span_replacement")
+# the asset that writes each table (head_spans writes its replacement evaluation beside it)
+WRITER = {"head_span_replacement": "head_spans"}
 LOCALISATION = {"pointing_game": "↑", "energy_pointing_game": "↑", "pixel_accuracy": "↑", "miou": "↑",
                 "average_precision": "↑"}
 # what the side-by-side summary shows: (metric, method, level) → column title
@@ -95,7 +97,7 @@ REFRESH = (AutomationCondition.any_deps_updated() & ~AutomationCondition.any_dep
            & ~AutomationCondition.in_progress())
 
 
-@asset(deps=[AssetKey(s) for s in SOURCES], group_name="evaluation", kinds={"parquet"}, automation_condition=REFRESH)
+@asset(code_version="1", deps=[AssetKey(WRITER.get(s, s)) for s in SOURCES], group_name="evaluation", kinds={"parquet"}, automation_condition=REFRESH)
 def evaluation_table(context: AssetExecutionContext, store: ArtifactStore) -> MaterializeResult:
     """Every model × dataset × metric (accuracy, robustness, localisation, SSIM, ROAR, MI AUC, head spans) in one table."""
     table = collect_metrics(store)

@@ -54,7 +54,7 @@ def head_terms_schema(d: int, n_layers: int, layers: tuple[int, ...], rest_layer
     )
 
 
-@asset(partitions_def=model_dataset, deps=[AssetKey("dataset_manifest"), MODEL_CHECKPOINT], group_name="head_spans",
+@asset(code_version="1", partitions_def=model_dataset, deps=[AssetKey("dataset_manifest"), MODEL_CHECKPOINT], group_name="head_spans",
        kinds={"lancedb"}, pool="gpu")
 def head_contributions(context: AssetExecutionContext, config: HeadConfig, datasets: DatasetCatalog,
                        zoo: ModelZoo, store: ArtifactStore, lance: LanceStore) -> MaterializeResult:
@@ -127,7 +127,7 @@ def head_contributions(context: AssetExecutionContext, config: HeadConfig, datas
 TEXT_BANKS = ("image_descriptions_general", "google_3498_english")  # TextSpan's bank and its size-matched word control
 
 
-@asset(partitions_def=model_dataset, deps=[AssetKey("dataset_manifest"), MODEL_CHECKPOINT], group_name="head_spans", kinds={"lancedb"})
+@asset(code_version="1", partitions_def=model_dataset, deps=[AssetKey("dataset_manifest"), MODEL_CHECKPOINT], group_name="head_spans", kinds={"lancedb"})
 def text_bank_embeddings(context: AssetExecutionContext, datasets: DatasetCatalog, zoo: ModelZoo,
                          reference: ReferenceData, lance: LanceStore) -> MaterializeResult:
     """Unit text embeddings (no template) of the TextSpan banks, plus toyworld's phrase bank with its attribute families."""

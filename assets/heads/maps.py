@@ -283,7 +283,7 @@ class HeadAnalysisConfig(Config):
     contrast_b: str = ""
 
 
-@asset(partitions_def=model_dataset, deps=[AssetKey("head_contributions"), AssetKey("head_spans"), AssetKey("head_labels"), MODEL_CHECKPOINT],
+@asset(code_version="1", partitions_def=model_dataset, deps=[AssetKey("head_contributions"), AssetKey("head_spans"), AssetKey("head_labels"), MODEL_CHECKPOINT],
        group_name="head_spans", kinds={"parquet"})
 def head_analysis_examples(context: AssetExecutionContext, config: HeadAnalysisConfig, zoo: ModelZoo,
                            datasets: DatasetCatalog, lance: LanceStore, store: ArtifactStore) -> MaterializeResult:

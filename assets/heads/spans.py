@@ -77,7 +77,7 @@ def _banks(config: SpanConfig, texts: pl.DataFrame) -> list[str]:
     return [b for b in (GENERAL_BANK, WORD_BANK) if b in present] + own
 
 
-@asset(partitions_def=model_dataset, group_name="head_spans", kinds={"parquet"},
+@asset(code_version="1", partitions_def=model_dataset, group_name="head_spans", kinds={"parquet"},
        deps=[AssetKey("head_contributions"), AssetKey("text_bank_embeddings"), AssetKey("class_text_embeddings"),
              MODEL_CHECKPOINT])
 def head_spans(context: AssetExecutionContext, config: SpanConfig, store: ArtifactStore, lance: LanceStore,
@@ -193,7 +193,7 @@ class LabelConfig(Config):
     top: int = 5  # texts per head that are labelled (CLIP-InterpreT: 5)
 
 
-@asset(partitions_def=model_dataset, group_name="head_spans", kinds={"parquet"}, deps=[head_spans])
+@asset(code_version="1", partitions_def=model_dataset, group_name="head_spans", kinds={"parquet"}, deps=[head_spans])
 def head_labels(context: AssetExecutionContext, config: LabelConfig, store: ArtifactStore,
                 labelers: HeadLabelers) -> MaterializeResult:
     """Per head × bank: a property label of its top texts, which of them match it, and their similarities."""
@@ -249,7 +249,7 @@ class ScoreConfig(Config):
     min_matches: int = 3  # association: a head is associated when ≥ 3 of its 5 texts match its label
 
 
-@asset(partitions_def=model_dataset, group_name="head_spans", kinds={"parquet"}, deps=[head_labels])
+@asset(code_version="1", partitions_def=model_dataset, group_name="head_spans", kinds={"parquet"}, deps=[head_labels])
 def head_scores(context: AssetExecutionContext, config: ScoreConfig, store: ArtifactStore) -> MaterializeResult:
     """Per bank × labeler: association and entanglement (one row per entanglement reading, named in `entanglement_reading`)."""
     from cliplab.heads.scores import (
@@ -291,7 +291,7 @@ def published_scores() -> pl.DataFrame:
         schema_overrides={"n_heads": pl.Int32, "distinct_labels": pl.Int32})
 
 
-@asset(group_name="head_spans", kinds={"parquet"}, deps=[head_scores])
+@asset(code_version="1", group_name="head_spans", kinds={"parquet"}, deps=[head_scores])
 def head_score_table(context: AssetExecutionContext, store: ArtifactStore) -> MaterializeResult:
     """Every materialised head_scores partition side by side, with the published values as `source = published` rows."""
     ours = store.scan("head_scores").collect().with_columns(pl.lit("cliplab").alias("source"))

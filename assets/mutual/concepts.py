@@ -52,7 +52,7 @@ PROMINENT_SCHEMA = pa.schema([("image_id", pa.string()), ("label", pa.int64()), 
                               ("n_foreground", pa.int32()), ("no_prominent_region", pa.bool_())])
 
 
-@asset(partitions_def=model_dataset, deps=[PATCH_FEATURES], group_name="mutual_knowledge", kinds={"parquet"})
+@asset(code_version="1", partitions_def=model_dataset, deps=[PATCH_FEATURES], group_name="mutual_knowledge", kinds={"parquet"})
 def prominent_patches(context: AssetExecutionContext, config: ProminentConfig, store: ArtifactStore,
                       datasets: DatasetCatalog) -> MaterializeResult:
     """Per image the foreground mask on the patch grid (spectral, then the connected-component clean-up)."""
@@ -96,7 +96,7 @@ CONCEPT_SCHEMA = pa.schema([("image_id", pa.string()), ("label", pa.int64()), ("
                             ("pca_concept", pa.int32()), ("kmeans_concept", pa.int32())])
 
 
-@asset(partitions_def=model_dataset, deps=[prominent_patches], group_name="mutual_knowledge", kinds={"parquet"})
+@asset(code_version="1", partitions_def=model_dataset, deps=[prominent_patches], group_name="mutual_knowledge", kinds={"parquet"})
 def concept_clusters(context: AssetExecutionContext, config: ConceptConfig, store: ArtifactStore,
                      datasets: DatasetCatalog) -> MaterializeResult:
     """Per class, PCA and k-means concept ids (L, seeded) for every foreground patch; ids shared across the class's images."""

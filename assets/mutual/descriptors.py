@@ -43,7 +43,7 @@ def bank_for(spec, reference: ReferenceData):
                        "({class name: [descriptor, ...]}) to its registry entry")
 
 
-@asset(partitions_def=model_dataset, deps=["dataset_manifest", MODEL_CHECKPOINT], group_name="mutual_knowledge", kinds={"lancedb"})
+@asset(code_version="1", partitions_def=model_dataset, deps=["dataset_manifest", MODEL_CHECKPOINT], group_name="mutual_knowledge", kinds={"lancedb"})
 def descriptor_embeddings(context: AssetExecutionContext, datasets: DatasetCatalog, zoo: ModelZoo,
                           reference: ReferenceData, lance: LanceStore) -> MaterializeResult:
     """Per descriptor of D: unit text embeddings with no template and with "a photo showing {d}", and its classes."""
@@ -84,7 +84,7 @@ CLASS_DESCRIPTOR_SCHEMA = pa.schema([
 ])
 
 
-@asset(partitions_def=model_dataset, deps=[descriptor_embeddings, "class_text_embeddings"],
+@asset(code_version="1", partitions_def=model_dataset, deps=[descriptor_embeddings, "class_text_embeddings"],
        group_name="mutual_knowledge", kinds={"parquet"})
 def class_descriptors(context: AssetExecutionContext, config: ClassDescriptorConfig, store: ArtifactStore,
                       lance: LanceStore) -> MaterializeResult:

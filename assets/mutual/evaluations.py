@@ -58,7 +58,7 @@ class ConceptEvalConfig(Config):
     encode_batch: int = 512
 
 
-@asset(partitions_def=model_dataset, deps=[DV, AssetKey("class_text_embeddings"), MODEL_CHECKPOINT], group_name="mutual_knowledge",
+@asset(code_version="1", partitions_def=model_dataset, deps=[DV, AssetKey("class_text_embeddings"), MODEL_CHECKPOINT], group_name="mutual_knowledge",
        kinds={"parquet"}, pool="gpu")
 def concept_eval(context: AssetExecutionContext, config: ConceptEvalConfig, datasets: DatasetCatalog, zoo: ModelZoo,
                  store: ArtifactStore) -> MaterializeResult:
@@ -164,7 +164,7 @@ class DescriptorZeroShotConfig(Config):
     template: str = ZERO_SHOT_PROMPT
 
 
-@asset(partitions_def=model_dataset, deps=[DV, AssetKey("descriptor_embeddings"), AssetKey("class_text_embeddings"), MODEL_CHECKPOINT],
+@asset(code_version="1", partitions_def=model_dataset, deps=[DV, AssetKey("descriptor_embeddings"), AssetKey("class_text_embeddings"), MODEL_CHECKPOINT],
        group_name="mutual_knowledge", kinds={"parquet"})
 def descriptor_zero_shot(context: AssetExecutionContext, config: DescriptorZeroShotConfig, datasets: DatasetCatalog,
                          zoo: ModelZoo, store: ArtifactStore, lance: LanceStore) -> MaterializeResult:
@@ -203,8 +203,8 @@ def descriptor_zero_shot(context: AssetExecutionContext, config: DescriptorZeroS
     x = np.stack(test["embedding"].to_numpy()).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     y = test["label"].to_numpy()
-    plain = float((descriptor_classifier(x, plain_emb, plain_owner, len(own)) == y).mean() * 100)
-    augmented = float((descriptor_classifier(x, aug_emb, aug_owner, len(own)) == y).mean() * 100)
+    plain = float((descriptor_classifier(x, plain_emb, plain_owner, len(own)) == y).mean())
+    augmented = float((descriptor_classifier(x, aug_emb, aug_owner, len(own)) == y).mean())
     added = pl.DataFrame({"class_index": np.repeat(np.arange(len(extra)), [len(e) for e in extra]),
                           "descriptor_index": [d for e in extra for d in e],
                           "descriptor": [names[d] for e in extra for d in e]},
@@ -213,8 +213,8 @@ def descriptor_zero_shot(context: AssetExecutionContext, config: DescriptorZeroS
     result = pl.DataFrame([{"branch": config.branch, "plain_top1": plain, "augmented_top1": augmented,
                             "gain": augmented - plain, "test_images": len(test), "added_descriptors": len(added)}])
     path = store.write("descriptor_zero_shot", result, model=model, dataset=dataset)
-    context.log.info(f"descriptor zero-shot {model} × {dataset}: plain {plain:.2f} %, with mined concepts {augmented:.2f} %")
-    return MaterializeResult(metadata={"plain top-1 (%)": plain, "augmented top-1 (%)": augmented, "gain (points)": augmented - plain,
+    context.log.info(f"descriptor zero-shot {model} × {dataset}: plain top-1 {plain:.4f}, with mined concepts {augmented:.4f}")
+    return MaterializeResult(metadata={"plain top-1": plain, "augmented top-1": augmented, "gain": augmented - plain,
                                        "test images": len(test), "added descriptors": len(added), "prompt": config.template,
                                        "path": MetadataValue.path(path),
                                        "added (first 20)": MetadataValue.json(added.head(20).to_dicts())})

@@ -17,7 +17,7 @@ class ToyworldConfig(Config):
     image_size: int = 64
 
 
-@asset(group_name="toy", kinds={"parquet"})
+@asset(code_version="1", group_name="toy", kinds={"parquet"})
 def toyworld(context: AssetExecutionContext, config: ToyworldConfig, store: ArtifactStore) -> MaterializeResult:
     """Procedural images of objects made of named parts, with captions, attributes and part masks (train + val)."""
     counts = {}

@@ -15,3 +15,14 @@ def test_definitions_load_like_the_webserver_loads_them():
     model_users = [k for k in graph.get_all_asset_keys() if AssetKey("checkpoint") in graph.get(k).parent_keys]
     assert {"dataset_manifest", "class_text_embeddings", "zero_shot_predictions", "head_contributions"} <= {
         k.path[-1] for k in model_users}
+
+
+def test_every_asset_is_materialisable_and_has_a_code_version():
+    """No dependency on a key that nothing materialises (it would never update), and every asset has a
+    code_version, so the UI can say when code changed under a materialisation."""
+    from pipelines.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    keys = list(graph.get_all_asset_keys())
+    assert all(graph.get(k).is_materializable for k in keys), [k for k in keys if not graph.get(k).is_materializable]
+    assert all(graph.get(k).code_version for k in keys), [k for k in keys if not graph.get(k).code_version]

@@ -27,6 +27,15 @@ def test_every_artifact_is_where_the_design_says(quick_root):
     assert not list((root / ".staging").iterdir())  # nothing half-written left behind
 
 
+def test_no_output_is_pickled_into_the_instance(quick_root):
+    """Every asset writes its own files and returns MaterializeResult: the IO manager stores nothing."""
+    from pathlib import Path
+
+    _, instance, _ = quick_root
+    storage = Path(instance.storage_directory())
+    assert not [p for p in storage.rglob("*") if p.is_file()], "outputs pickled by the IO manager"
+
+
 def test_partitions_registered_in_the_instance(quick_root):
     _, instance, _ = quick_root
     assert instance.get_dynamic_partitions("model") == ["toy-vit.s0"]

@@ -62,7 +62,8 @@ def test_query_prints_rows_with_partition_columns(ran):
 def test_models_lists_the_trained_toy(ran):
     _, env, _ = ran
     out = subprocess.run([*CLI, "models"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
-    assert "toy-vit.s0" in out.stdout.split() and "vit-b-32.openai" in out.stdout.split()
+    assert "toy-vit.s0" in out.stdout.split()
+    assert "vit-b-32.openai" not in out.stdout.split()  # the shipped registry's OpenAI examples are commented out
 
 
 def test_bad_partition_key_is_refused_before_anything_runs(tmp_path):
@@ -89,8 +90,11 @@ def test_cliplab_ui_serves_the_lineage_with_both_partition_dimensions(ran):
     """`cliplab ui` (dagster dev: webserver + daemon) answers the UI's GraphQL with the asset graph."""
     _, env, _ = ran
     port = _free_port()
-    env = {**env, "PATH": f"{Path(sys.executable).parent}:{env.get('PATH', '')}"}
-    server = subprocess.Popen([*CLI, "ui", "--port", str(port)], cwd=REPO, env=env,
+    # as the README says it: no activated venv, no PATH help, no CLIPLAB_REFERENCE_DIR (the CLI finds ../shared/data)
+    env = {k: v for k, v in env.items() if k != "CLIPLAB_REFERENCE_DIR"}
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", os.defpath).split(os.pathsep)
+                                  if Path(p).resolve() != Path(sys.executable).parent.resolve())
+    server = subprocess.Popen([str(Path(sys.executable).parent / "cliplab"), "ui", "--port", str(port)], cwd=REPO, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         query = """{ assetNodes { assetKey { path } dependencyKeys { path }
@@ -128,3 +132,27 @@ def test_cliplab_ui_serves_the_lineage_with_both_partition_dimensions(ran):
         except subprocess.TimeoutExpired:  # dagster dev's code servers can outlive a slow shutdown
             os.killpg(server.pid, signal.SIGKILL)
             server.wait(timeout=30)
+
+
+def test_one_environment_for_cli_ui_and_scripts(tmp_path, monkeypatch):
+    """DAGSTER_HOME defaults to ./.dagster_home with the project's dagster.yaml; a checkout's ../shared/data is the
+    reference folder unless the user chose one."""
+    from pipelines.environment import prepare_environment
+
+    repo = tmp_path / "checkout" / "main"
+    repo.mkdir(parents=True)
+    (repo / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    (tmp_path / "checkout" / "shared" / "data" / "text-banks").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    monkeypatch.delenv("CLIPLAB_REFERENCE_DIR", raising=False)
+    env = prepare_environment(repo)
+    assert env == {"DAGSTER_HOME": str(tmp_path / ".dagster_home"),
+                   "CLIPLAB_REFERENCE_DIR": str(tmp_path / "checkout" / "shared" / "data")}
+    assert (tmp_path / ".dagster_home" / "dagster.yaml").read_text().startswith("telemetry")
+    monkeypatch.setenv("CLIPLAB_REFERENCE_DIR", "/elsewhere")
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "mine"))
+    assert prepare_environment(repo) == {"DAGSTER_HOME": str(tmp_path / "mine"), "CLIPLAB_REFERENCE_DIR": "/elsewhere"}
+    (tmp_path / "checkout" / "shared" / "data" / "text-banks").rmdir()
+    monkeypatch.delenv("CLIPLAB_REFERENCE_DIR")
+    assert "CLIPLAB_REFERENCE_DIR" not in prepare_environment(repo)

@@ -20,6 +20,14 @@ def test_paths_and_hive_reads(tmp_path):
     assert one.to_dict(as_series=False) == {"x": [3], "model": ["vit-b-32.openai"], "dataset": ["toyworld"]}
 
 
+def test_partition_keys_that_look_like_numbers_or_dates_stay_strings(tmp_path):
+    store = ArtifactStore(root=str(tmp_path))
+    store.write("mi_curves", pl.DataFrame({"x": [1]}), model="toy-vit.s0", dataset="2024")
+    store.write("mi_curves", pl.DataFrame({"x": [2]}), model="toy-vit.s0", dataset="2024-01-02")
+    every = store.scan("mi_curves").sort("x").collect()
+    assert every.schema["dataset"] == pl.String and every["dataset"].to_list() == ["2024", "2024-01-02"]
+
+
 def test_rewrite_replaces_and_failed_write_keeps_the_old_partition(tmp_path):
     store = ArtifactStore(root=str(tmp_path))
     store.write("t", pl.DataFrame({"x": [1]}), model="m", dataset="d")

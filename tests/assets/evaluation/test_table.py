@@ -36,7 +36,7 @@ def store(tmp_path):
         _write(s, "roar", model, {"method": ["simple_gradient", "simple_gradient", "random", "random"],
                                   "fraction": [0.1, 0.9, 0.1, 0.9], "accuracy": [0.6, 0.2, 0.7, 0.5],
                                   "area": [area, area, math.nan, math.nan]})
-        _write(s, "mi_summary", model, {"auc_pca": [auc - 0.1], "auc_kmeans": [auc], "top1": [75.0]})
+        _write(s, "mi_summary", model, {"auc_pca": [auc - 0.1], "auc_kmeans": [auc], "top1": [0.75]})
         _write(s, "head_span_replacement", model, {"bank": ["image_descriptions_general"] * 2, "k": [5, 10],
                                                    "top1": [0.7, 0.72]})
     return s
