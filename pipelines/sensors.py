@@ -1,7 +1,10 @@
 """New checkpoints and datasets → new partitions; checkpoint runs for models without weights; analyses once they have them."""
 
+import hashlib
+
 from dagster import (
     AssetKey,
+    AssetRecordsFilter,
     AssetSelection,
     AutomationConditionSensorDefinition,
     DefaultSensorStatus,
@@ -22,9 +25,12 @@ from resources.models import ModelZoo
 def registry_sensor(context: SensorEvaluationContext, zoo: ModelZoo, datasets: DatasetCatalog) -> SensorResult:
     """Adds registry/checkpoint models and registry datasets as partitions. Requests a `checkpoints` run for each
     model without weights whose base (if any) has them, and one `analyse` run per (model, dataset) pair once the
-    model has weights. Run keys make each request once."""
+    model has weights. An entry that cannot work here (invalid, missing file, weights neither cached nor
+    downloadable) is reported in the tick's log and gets no run. Run keys carry the entry's content (a fixed entry
+    is tried again) and the checkpoint's materialisation (new weights under a key are analysed again)."""
+    problems: dict[str, str] = {}
     try:
-        models, sets = zoo.known_keys(), datasets.known_keys()
+        models, sets = zoo.known_keys(problems), datasets.known_keys(problems)
     except CliplabError as e:
         return SensorResult(skip_reason=str(e))
     have_m = set(context.instance.get_dynamic_partitions(model_partitions.name))
@@ -37,16 +43,38 @@ def registry_sensor(context: SensorEvaluationContext, zoo: ModelZoo, datasets: D
 
     runs = []
     for m in models:
+        spec = zoo.spec(m)
         if has_weights(m):
-            runs += [RunRequest(run_key=f"{d}|{m}", job_name=analyse_job.name, partition_key=partition_key(m, d)) for d in sets]
-        elif not zoo.spec(m).base or has_weights(zoo.spec(m).base):
-            runs.append(RunRequest(run_key=f"checkpoint|{m}", job_name=checkpoint_job.name, partition_key=m))
+            version = _checkpoint_version(context.instance, m)
+            runs += [RunRequest(run_key=f"{d}|{m}|{version}", job_name=analyse_job.name, partition_key=partition_key(m, d))
+                     for d in sets]
+        elif not spec.base or has_weights(spec.base):
+            if why := zoo.preflight(m):
+                problems[m] = why
+            else:
+                runs.append(RunRequest(run_key=f"checkpoint|{m}|{_fingerprint(spec)}", job_name=checkpoint_job.name,
+                                       partition_key=m))
+    for key, why in sorted(problems.items()):
+        context.log.warning(f"registry entry {key!r} not run: {why}")
     requests = []
     if new_m:
         requests.append(model_partitions.build_add_request(new_m))
     if new_d:
         requests.append(dataset_partitions.build_add_request(new_d))
-    return SensorResult(run_requests=runs, dynamic_partitions_requests=requests)
+    skip = "; ".join(f"{k}: {v}" for k, v in sorted(problems.items())) if problems and not runs else None
+    return SensorResult(run_requests=runs, dynamic_partitions_requests=requests, skip_reason=skip)
+
+
+def _fingerprint(spec) -> str:
+    """Short hash of a registry entry's content."""
+    return hashlib.sha256(repr(spec).encode()).hexdigest()[:12]
+
+
+def _checkpoint_version(instance, model: str) -> str:
+    """The storage id of the latest `checkpoint` materialisation of `model` ("0": weights dropped in by hand)."""
+    records = instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=AssetKey("checkpoint"), asset_partitions=[model]), limit=1).records
+    return str(records[0].storage_id) if records else "0"
 
 
 # evaluation_table refreshes when any of its upstream partitions changes: this sensor (on by default with the daemon, i.e. `cliplab ui`) re-materialises it

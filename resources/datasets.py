@@ -125,10 +125,11 @@ class DatasetCatalog(ConfigurableResource):
     num_workers: int = 0
 
     def spec(self, key: str) -> DatasetSpec:
-        return load_registry(self.registry).dataset(key)
+        return load_registry(self.registry, {}).dataset(key)  # only its own entry must be valid
 
-    def known_keys(self) -> list[str]:
-        return sorted(load_registry(self.registry).datasets)
+    def known_keys(self, problems: dict[str, str] | None = None) -> list[str]:
+        """Registry datasets (toyworld included); with `problems`, invalid entries are recorded there, not raised."""
+        return sorted(load_registry(self.registry, problems).datasets)
 
     def toyworld_path(self, split: str) -> Path:
         return Path(self.artifacts_root) / TOYWORLD_ASSET / f"split={validate_key(split, 'split')}" / "part-0.parquet"

@@ -194,6 +194,26 @@ def download_pretrained(arch: str, tag: str, cache_dir: str | None) -> str:
     """Local path of open_clip's pretrained weights `arch`/`tag`, downloading them if needed."""
     import open_clip
 
+    cached, cfg, hub, cache = cached_pretrained(arch, tag, cache_dir)
+    if cached:
+        return cached
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or not _hub_reachable():
+        raise CliplabError(
+            f"pretrained weights {arch!r}/{tag!r} are not in the cache ({cache}) and cannot be downloaded: "
+            f"no network (source: {hub or cfg.get('url', '?')}). Download them on a machine with network "
+            "into that cache, or register a local checkpoint (kind = 'checkpoint')."
+        )
+    try:
+        return open_clip.download_pretrained(cfg, cache_dir=cache_dir or None)
+    except Exception as e:  # the hub's own errors are long; keep the first line
+        raise CliplabError(f"downloading pretrained weights {arch!r}/{tag!r} failed: {str(e).splitlines()[0]}") from None
+
+
+def cached_pretrained(arch: str, tag: str, cache_dir: str | None) -> tuple[str | None, dict, str, str]:
+    """(local path if already cached else None, open_clip's pretrained config, hub repo, cache folder) of `arch`/`tag`;
+    an unknown architecture or tag is an error."""
+    import open_clip
+
     if arch not in open_clip.list_models():
         raise CliplabError(f"unknown open_clip architecture {arch!r} (see open_clip.list_models())")
     cfg = open_clip.get_pretrained_cfg(arch, tag)
@@ -209,17 +229,8 @@ def download_pretrained(arch: str, tag: str, cache_dir: str | None) -> str:
         for name in (filename, "open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
             cached = try_to_load_from_cache(repo, name, cache_dir=cache_dir or None)
             if isinstance(cached, str):
-                return cached
-    if os.environ.get("HF_HUB_OFFLINE") == "1" or not _hub_reachable():
-        raise CliplabError(
-            f"pretrained weights {arch!r}/{tag!r} are not in the cache ({cache}) and cannot be downloaded: "
-            f"no network (source: {hub or cfg.get('url', '?')}). Download them on a machine with network "
-            "into that cache, or register a local checkpoint (kind = 'checkpoint')."
-        )
-    try:
-        return open_clip.download_pretrained(cfg, cache_dir=cache_dir or None)
-    except Exception as e:  # the hub's own errors are long; keep the first line
-        raise CliplabError(f"downloading pretrained weights {arch!r}/{tag!r} failed: {str(e).splitlines()[0]}") from None
+                return cached, cfg, hub, cache
+    return None, cfg, hub, cache
 
 
 class ModelZoo(ConfigurableResource):
@@ -240,7 +251,7 @@ class ModelZoo(ConfigurableResource):
         """The registry's entry (built-ins included), or — for a key whose entry is gone — the checkpoint folder
         the pipeline wrote for it (kind "local-dir")."""
         validate_key(key, "model key")
-        reg = load_registry(self.registry)
+        reg = load_registry(self.registry, {})  # only its own entry must be valid
         try:
             return reg.model(key)
         except CliplabError:
@@ -248,12 +259,40 @@ class ModelZoo(ConfigurableResource):
                 return ModelSpec(key, "local-dir", path=str(self.checkpoint_dir(key)))
             raise
 
-    def known_keys(self) -> list[str]:
-        keys = set(load_registry(self.registry).models)
+    def known_keys(self, problems: dict[str, str] | None = None) -> list[str]:
+        """Registry models (built-ins included) and pipeline checkpoint folders; with `problems`, invalid registry
+        entries are left out and recorded there instead of raising."""
+        keys = set(load_registry(self.registry, problems).models)
         root = Path(self.artifacts_root) / "checkpoints"
         if root.is_dir():
             keys |= {p.name for p in root.iterdir() if (p / CONFIG_FILE).is_file()}
         return sorted(keys)
+
+    def preflight(self, key: str, _seen: tuple[str, ...] = ()) -> str | None:
+        """Why the `checkpoint` run of `key` cannot succeed here, found cheaply (no loading, no download), or None:
+        an unknown architecture or tag, a missing file, weights neither cached nor downloadable (no network), a
+        missing or looping base."""
+        import open_clip
+
+        if key in _seen:
+            return f"model {key!r}: its chain of bases loops ({' → '.join((*_seen, key))})"
+        try:
+            spec = self.spec(key)
+            if spec.kind == "open_clip":
+                cached, _, hub, cache = cached_pretrained(spec.arch, spec.pretrained, self.cache_dir or None)
+                if not cached and (os.environ.get("HF_HUB_OFFLINE") == "1" or not _hub_reachable()):
+                    return (f"model {key!r}: pretrained weights {spec.arch}/{spec.pretrained} are not in the cache "
+                            f"({cache}) and there is no network to download them")
+            if spec.kind == "checkpoint":
+                if spec.tower == "full" and spec.arch != TOY_ARCH and spec.arch not in open_clip.list_models():
+                    return f"model {key!r}: unknown architecture {spec.arch!r} (registry field 'arch')"
+                if not Path(spec.path).expanduser().is_file():
+                    return f"model {key!r}: checkpoint file {spec.path} does not exist (registry field 'path')"
+            if spec.base and not self.has_checkpoint(spec.base):
+                return self.preflight(spec.base, (*_seen, key))
+        except CliplabError as e:
+            return str(e)
+        return None
 
     def has_checkpoint(self, key: str) -> bool:
         """Whether the `checkpoint` asset has written verified weights for `key` (toy, aft, checkpoint kinds)."""

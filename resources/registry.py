@@ -127,9 +127,12 @@ BUILTIN_DATASETS = {TOYWORLD_KEY: DatasetSpec(TOYWORLD_KEY, "toyworld", split="v
 class Registry:
     models: dict[str, ModelSpec]
     datasets: dict[str, DatasetSpec]
+    problems: dict[str, str] = dataclasses.field(default_factory=dict)  # key → why its entry is invalid
 
     def model(self, key: str) -> ModelSpec:
         validate_key(key, "model key")
+        if key in self.problems:
+            raise CliplabError(self.problems[key])
         toy = _TOY_KEY.match(key)
         if key not in self.models and toy:
             return ModelSpec(key, "toy", arch=TOY_ARCH, seed=int(toy.group(1)))
@@ -139,6 +142,8 @@ class Registry:
 
     def dataset(self, key: str) -> DatasetSpec:
         validate_key(key, "dataset key")
+        if key in self.problems:
+            raise CliplabError(self.problems[key])
         if key not in self.datasets:
             raise CliplabError(f"unknown dataset {key!r}; registered datasets: {', '.join(sorted(self.datasets))}")
         return self.datasets[key]
@@ -253,8 +258,11 @@ def _dataset_spec(key: str, entry: dict, source: str) -> DatasetSpec:
     return spec
 
 
-def load_registry(path: str | Path | None = None) -> Registry:
-    """Built-in entries, overridden/extended by the TOML file at `path` (absent file = built-ins only)."""
+def load_registry(path: str | Path | None = None, problems: dict[str, str] | None = None) -> Registry:
+    """Built-in entries, overridden/extended by the TOML file at `path` (absent file = built-ins only).
+
+    An invalid entry raises; with `problems` given, it is left out instead and its error recorded there by key
+    (one bad entry does not hide the others from the sensor)."""
     models, datasets = dict(BUILTIN_MODELS), dict(BUILTIN_DATASETS)
     if path:
         p = Path(path)
@@ -263,8 +271,12 @@ def load_registry(path: str | Path | None = None) -> Registry:
                 data = tomllib.loads(p.read_text())
             except tomllib.TOMLDecodeError as e:
                 raise CliplabError(f"registry file {p} is not valid TOML: {e}") from None
-            for key, entry in data.get("models", {}).items():
-                models[key] = _model_spec(key, entry, str(p))
-            for key, entry in data.get("datasets", {}).items():
-                datasets[key] = _dataset_spec(key, entry, str(p))
-    return Registry(models, datasets)
+            for table, parse, out in (("models", _model_spec, models), ("datasets", _dataset_spec, datasets)):
+                for key, entry in data.get(table, {}).items():
+                    try:
+                        out[key] = parse(key, entry, str(p))
+                    except CliplabError as e:
+                        if problems is None:
+                            raise
+                        problems[key] = str(e)
+    return Registry(models, datasets, dict(problems or {}))

@@ -10,7 +10,8 @@ from resources.datasets import DatasetCatalog
 from resources.models import ModelZoo
 
 
-def test_sensor_adds_partitions_and_requests_each_new_pair(tmp_path):
+def test_sensor_adds_partitions_and_requests_each_new_pair(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     reg = tmp_path / "registry.toml"
     reg.write_text(textwrap.dedent("""
         [models."vit-b-32.openai"]
@@ -31,11 +32,87 @@ def test_sensor_adds_partitions_and_requests_each_new_pair(tmp_path):
     assert sorted(added) == ["toy-vit.s0.aft-e1", "toy-vit.s0.aft-e1-short", "toy-vit.s0.aft-e4", "toy-vit.s0.aft-e4-short",
                              "toy-vit.s7", "vit-b-32.openai"]
     runs = sorted((r.job_name, r.partition_key) for r in result.run_requests)
-    # toy-vit.s7 has weights (its checkpoint folder): analyses; vit-b-32 and toy-vit.s0 have none yet: their
-    # checkpoints; the AFT variants wait for their base toy-vit.s0
-    assert runs == [("analyse", "toyworld|toy-vit.s7"), ("checkpoints", "toy-vit.s0"), ("checkpoints", "vit-b-32.openai")]
+    # toy-vit.s7 has weights (its checkpoint folder): analyses; toy-vit.s0 has none yet: its checkpoint; the AFT
+    # variants wait for their base toy-vit.s0; vit-b-32's weights are not cached and there is no network: no run
+    assert runs == [("analyse", "toyworld|toy-vit.s7"), ("checkpoints", "toy-vit.s0")]
     # once the partitions exist, the next tick adds none and repeats only run keys already used (the daemon skips them)
     instance.add_dynamic_partitions("model", added)
     again = registry_sensor(build_sensor_context(instance=instance, resources=resources, definitions=defs))
     assert not again.dynamic_partitions_requests
     assert {r.run_key for r in again.run_requests} == {r.run_key for r in result.run_requests}
+
+
+def test_entries_that_cannot_work_are_reported_and_get_no_run(tmp_path, monkeypatch, capfd):
+    """A missing file, an unknown architecture, an invalid entry: reported on the tick, no run, and the valid
+    entries still run; a fixed entry gets a new run key (the spent one would never run again)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    good = tmp_path / "good.safetensors"
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(1)}, str(good))
+    reg = tmp_path / "registry.toml"
+    entries = textwrap.dedent(f"""
+        [models."mine.missing"]
+        kind = "checkpoint"
+        arch = "ViT-B-32"
+        path = "{tmp_path / 'nowhere.safetensors'}"
+
+        [models."mine.badarch"]
+        kind = "checkpoint"
+        arch = "ViT-Q-99"
+        path = "{good}"
+
+        [models."mine.invalid"]
+        kind = "aft"
+        base = "toy-vit.s0"
+        data = "toyworld"
+        eps = -1.0
+
+        [models."toy-vit.s3"]
+        kind = "toy"
+        seed = 3
+    """)
+    reg.write_text(entries)
+    instance = DagsterInstance.ephemeral()
+    resources = {"zoo": ModelZoo(registry=str(reg), artifacts_root=str(tmp_path)),
+                 "datasets": DatasetCatalog(registry=str(reg), artifacts_root=str(tmp_path))}
+    result = registry_sensor(build_sensor_context(instance=instance, resources=resources, definitions=defs))
+    runs = {r.partition_key: r.run_key for r in result.run_requests}
+    assert set(runs) == {"toy-vit.s0", "toy-vit.s3"}
+    log = capfd.readouterr().err  # the tick's log
+    assert "'mine.missing'" in log and "does not exist" in log and "'path'" in log
+    assert "'mine.badarch'" in log and "unknown architecture 'ViT-Q-99'" in log
+    assert "'mine.invalid'" in log and "eps" in log
+    added = [k for r in result.dynamic_partitions_requests for k in r.partition_keys]
+    assert "mine.invalid" not in added and "mine.missing" in added  # only valid entries become partitions
+    # fixed: the file appears; the entry's run key is new, so the daemon runs it
+    reg.write_text(entries.replace(str(tmp_path / "nowhere.safetensors"), str(good)))
+    again = registry_sensor(build_sensor_context(instance=instance, resources=resources, definitions=defs))
+    assert "mine.missing" in {r.partition_key for r in again.run_requests}
+    reg.write_text(entries.replace("seed = 3", "seed = 4"))  # a changed entry is a new request too
+    changed = registry_sensor(build_sensor_context(instance=instance, resources=resources, definitions=defs))
+    assert {r.partition_key: r.run_key for r in changed.run_requests}["toy-vit.s3"] != runs["toy-vit.s3"]
+
+
+def test_new_weights_under_a_key_request_its_analyses_again(tmp_path):
+    from dagster import AssetMaterialization
+
+    reg = tmp_path / "registry.toml"
+    reg.write_text("")
+    (tmp_path / "checkpoints/toy-vit.s7").mkdir(parents=True)
+    (tmp_path / "checkpoints/toy-vit.s7/open_clip_config.json").write_text("{}")
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("model", ["toy-vit.s7"])
+    resources = {"zoo": ModelZoo(registry=str(reg), artifacts_root=str(tmp_path)),
+                 "datasets": DatasetCatalog(registry=str(reg), artifacts_root=str(tmp_path))}
+
+    def analyse_key():
+        result = registry_sensor(build_sensor_context(instance=instance, resources=resources, definitions=defs))
+        return [r.run_key for r in result.run_requests if r.partition_key == "toyworld|toy-vit.s7"]
+
+    first = analyse_key()
+    instance.report_runless_asset_event(AssetMaterialization("checkpoint", partition="toy-vit.s7"))
+    second = analyse_key()
+    assert len(first) == len(second) == 1 and first != second
+    assert second == analyse_key()  # and only once per materialisation
