@@ -3,6 +3,7 @@
 import pyarrow as pa
 from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
 
+from assets import checks
 from assets._arrow import vectors
 from assets.partitions import MODEL_CHECKPOINT, model_and_dataset, model_dataset
 from assets.toy.world import toyworld
@@ -36,7 +37,8 @@ def dataset_manifest(context: AssetExecutionContext, config: ManifestConfig, dat
     })
 
 
-@asset(code_version="1", partitions_def=model_dataset, deps=[dataset_manifest, MODEL_CHECKPOINT], group_name="data", kinds={"parquet", "lancedb"})
+@asset(code_version="1", partitions_def=model_dataset, deps=[dataset_manifest, MODEL_CHECKPOINT], group_name="data", kinds={"parquet", "lancedb"},
+       check_specs=checks.specs("class_text_embeddings", "finite", "unit_norm"))
 def class_text_embeddings(context: AssetExecutionContext, datasets: DatasetCatalog, zoo: ModelZoo,
                           store: ArtifactStore, lance: LanceStore) -> MaterializeResult:
     """W (K, D): per class the mean of its template prompts' unit text embeddings, re-normalised."""
@@ -57,7 +59,9 @@ def class_text_embeddings(context: AssetExecutionContext, datasets: DatasetCatal
     })
     path = store.write("class_text_embeddings", table.drop_columns(["model", "dataset"]), model=model, dataset=dataset)
     lance.replace_partition("class_text_embeddings", table, model, dataset, key="class_index")
-    return MaterializeResult(metadata={
+    stats = checks.VectorStats()
+    stats.add(unit=weights.float().cpu().numpy())
+    return MaterializeResult(check_results=stats.results("class_text_embeddings"), metadata={
         "dagster/row_count": k, "embedding dim": d, "templates per class": len(view.templates),
         "path": MetadataValue.path(path), "lancedb table": f"{lance.uri}/class_text_embeddings",
     })

@@ -9,8 +9,18 @@ import contextlib
 
 import numpy as np
 import pyarrow as pa
-from dagster import AssetExecutionContext, AssetOut, Config, MaterializeResult, MetadataValue, multi_asset
+from dagster import (
+    AssetCheckKey,
+    AssetExecutionContext,
+    AssetKey,
+    AssetOut,
+    Config,
+    MaterializeResult,
+    MetadataValue,
+    multi_asset,
+)
 
+from assets import checks
 from assets._arrow import vectors
 from assets._report import Progress, png_metadata
 from assets.data import class_text_embeddings, dataset_manifest, read_class_weights
@@ -58,6 +68,8 @@ PREDICTIONS_SCHEMA = pa.schema([
     partitions_def=model_dataset,
     can_subset=True,
     pool="gpu",
+    check_specs=[*checks.specs("zero_shot_predictions", "rows_match_manifest", "above_chance"),
+                 *checks.specs("patch_features", "rows_match_manifest", "finite", "unit_norm")],
 )
 def image_encodings(context: AssetExecutionContext, config: EncodeConfig, datasets: DatasetCatalog,
                     zoo: ModelZoo, store: ArtifactStore):
@@ -72,7 +84,7 @@ def image_encodings(context: AssetExecutionContext, config: EncodeConfig, datase
     names = np.array(view.class_names, dtype=object)
     progress = Progress(context, len(view.manifest), f"encoding {model} × {dataset}")
     correct = np.zeros(len(names)), np.zeros(len(names))  # (hits, totals) per class
-    top5_hits, sample = 0, None
+    top5_hits, sample, stats = 0, None, checks.VectorStats()
     with contextlib.ExitStack() as stack:
         preds = stack.enter_context(store.writer("zero_shot_predictions", PREDICTIONS_SCHEMA, model=model, dataset=dataset)) if weights is not None else None
         feats = None
@@ -103,6 +115,8 @@ def image_encodings(context: AssetExecutionContext, config: EncodeConfig, datase
                     schema = features_schema(n, c, f.embedding.shape[1], f.grid)
                     feats = stack.enter_context(store.writer("patch_features", schema, model=model, dataset=dataset))
                     sample = (images[:6].float().cpu(), f.tokens[:6].cpu().numpy(), f.grid)
+                stats.add(f.tokens.float().cpu().numpy(), f.keys.float().cpu().numpy(), f.cls.float().cpu().numpy(),
+                          unit=f.embedding.float().cpu().numpy())
                 feats.write_table(pa.table({
                     "image_id": rows["image_id"].to_list(), "label": labels,
                     "tokens": vectors(f.tokens.cpu().numpy()), "keys": vectors(f.keys.cpu().numpy()),
@@ -116,7 +130,9 @@ def image_encodings(context: AssetExecutionContext, config: EncodeConfig, datase
         per_class = np.divide(correct[0], correct[1], out=np.zeros_like(correct[0]), where=correct[1] > 0)
         top1 = float(correct[0].sum() / max(1, correct[1].sum()))
         context.log.info(f"zero-shot {model} × {dataset}: top-1 {top1:.4f} over {progress.done} images")
-        yield MaterializeResult(asset_key="zero_shot_predictions", metadata={
+        results = [checks.rows_match_manifest("zero_shot_predictions", progress.done, len(view.manifest)),
+                   checks.above_chance("zero_shot_predictions", top1, len(names))]
+        yield MaterializeResult(asset_key="zero_shot_predictions", check_results=_selected(context, results), metadata={
             "dagster/row_count": progress.done, "top-1 accuracy": top1,
             "top-5 accuracy": top5_hits / max(1, progress.done), **throughput,
             "path": MetadataValue.path(store.table_path("zero_shot_predictions", model=model, dataset=dataset)),
@@ -131,7 +147,15 @@ def image_encodings(context: AssetExecutionContext, config: EncodeConfig, datase
             meta.update(png_metadata(plots.token_pca_overlay(_unnormalise(sample[0], m), sample[1], sample[2],
                                                              "patch tokens: first 3 PCs as RGB"),
                                      store.figure_path("patch_features", f"{model}__{dataset}.png"), "token PCA"))
-        yield MaterializeResult(asset_key="patch_features", metadata=meta)
+        results = [checks.rows_match_manifest("patch_features", progress.done, len(view.manifest)),
+                   *stats.results("patch_features")]
+        yield MaterializeResult(asset_key="patch_features", metadata=meta, check_results=_selected(context, results))
+
+
+def _selected(context, results: list) -> list:
+    """The results of the checks this run selected (a subset run may leave some out)."""
+    keys = context.selected_asset_check_keys
+    return [r for r in results if AssetCheckKey(AssetKey(r.asset_key.path), r.check_name) in keys]
 
 
 def _unnormalise(images, m) -> np.ndarray:

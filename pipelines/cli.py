@@ -98,6 +98,120 @@ def cmd_list(args) -> int:
     return 0
 
 
+def _registry_path() -> str:
+    return os.environ.get("CLIPLAB_REGISTRY", "registry.toml")
+
+
+def cmd_models_add(args) -> int:
+    import tomllib
+
+    from cliplab.errors import CliplabError
+    from resources.registry import add_model_entry
+
+    fields = {"kind": args.kind}
+    fields |= {k: v for k in ("arch", "pretrained", "path", "base", "data", "tower") if (v := getattr(args, k)) is not None}
+    if args.seed is not None:
+        fields["seed"] = args.seed
+    for item in args.set or []:
+        name, sep, raw = item.partition("=")
+        if not sep or not name.strip():
+            raise CliplabError(f"--set takes name=value, got {item!r}")
+        try:
+            fields[name.strip()] = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            fields[name.strip()] = raw  # a bare word is a string
+    if args.path is not None:
+        fields["path"] = str(Path(args.path).expanduser().resolve())
+    spec = add_model_entry(_registry_path(), args.key, fields)
+    print(f"cliplab: added model {spec.key!r} ({spec.kind}) to {_registry_path()}; "
+          f"`cliplab run --model {spec.key}` or the registry sensor picks it up")
+    return 0
+
+
+def cmd_models_rm(args) -> int:
+    from dagster import DagsterInstance
+
+    from resources.registry import remove_model_entry
+
+    remove_model_entry(_registry_path(), args.key)
+    print(f"cliplab: removed model {args.key!r} from {_registry_path()}")
+    return _remove_partitions(DagsterInstance.get(), args.key, None, args.purge, args.artifacts)
+
+
+def cmd_partitions_rm(args) -> int:
+    from dagster import DagsterInstance
+
+    from cliplab.errors import CliplabError
+    from resources.registry import validate_key
+
+    if not args.model and not args.dataset:
+        raise CliplabError("partitions rm needs --model and/or --dataset")
+    instance = DagsterInstance.get()
+    if args.model:
+        return _remove_partitions(instance, validate_key(args.model, "model key"), args.dataset, args.purge, args.artifacts)
+    validate_key(args.dataset, "dataset key")
+    instance.delete_dynamic_partition("dataset", args.dataset)
+    print(f"cliplab: dataset partition {args.dataset!r} removed from the instance ({os.environ['DAGSTER_HOME']})")
+    return 0
+
+
+def _remove_partitions(instance, model: str, dataset: str | None, purge: bool, artifacts: str | None) -> int:
+    """The model's partition leaves the instance (when no dataset is given; a model × dataset pair is not a partition
+    of its own); with `purge`, its artifacts leave the store: Parquet partitions, LanceDB rows, and, for the whole
+    model, its checkpoint folder."""
+    import shutil
+
+    from pipelines.definitions import resources_from_env
+
+    if dataset is None:
+        if model in instance.get_dynamic_partitions("model"):
+            instance.delete_dynamic_partition("model", model)
+            print(f"cliplab: model partition {model!r} removed from the instance ({os.environ['DAGSTER_HOME']})")
+        else:
+            print(f"cliplab: model {model!r} is not a partition of the instance ({os.environ['DAGSTER_HOME']})")
+    if not purge:
+        if dataset is not None:
+            print("cliplab: a (model, dataset) pair has no partition of its own; --purge deletes its artifacts")
+        return 0
+    res = resources_from_env(artifacts)
+    folders = res["store"].delete_partitions(model, dataset)
+    rows = res["lance"].delete_partitions(model, dataset) if Path(res["lance"].uri).exists() else 0
+    checkpoint = res["zoo"].checkpoint_dir(model)
+    if dataset is None and checkpoint.is_dir():
+        shutil.rmtree(checkpoint)
+        print(f"cliplab: deleted {checkpoint}")
+    print(f"cliplab: deleted {len(folders)} Parquet partitions and {rows} LanceDB rows of model={model}"
+          + (f" dataset={dataset}" if dataset else ""))
+    return 0
+
+
+def cmd_status(args) -> int:
+    from collections import Counter
+
+    from dagster import DagsterInstance
+
+    from pipelines.definitions import defs
+    from pipelines.status import STATES, partition_status
+
+    instance = DagsterInstance.get()
+    rows = partition_status(instance, defs.resolve_asset_graph(), [args.model] if args.model else None, [args.dataset] if args.dataset else None)
+    if not rows:
+        print(f"cliplab: no model × dataset partitions in the instance ({os.environ['DAGSTER_HOME']}); run `cliplab run`")
+        return 0
+    pairs = sorted({(r["model"], r["dataset"]) for r in rows})
+    width = max(len(f"{m} × {d}") for m, d in pairs)
+    print(f"{'model × dataset':{width}}  " + "  ".join(f"{s:>12}" for s in STATES))
+    for m, d in pairs:
+        counts = Counter(r["status"] for r in rows if (r["model"], r["dataset"]) == (m, d))
+        print(f"{f'{m} × {d}':{width}}  " + "  ".join(f"{counts.get(s, 0):12d}" for s in STATES))
+    if args.assets:
+        print()
+        for r in rows:
+            if r["status"] != "materialised" or args.assets == "all":
+                print(f"{r['model']} × {r['dataset']}  {r['asset']:32} {r['status']}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     from resources.registry import TOY_MODEL_KEY, TOYWORLD_KEY
 
@@ -124,8 +238,37 @@ def parser() -> argparse.ArgumentParser:
     u.add_argument("--host", default="127.0.0.1")
     u.add_argument("--port", type=int, default=3000)
     u.set_defaults(fn=cmd_ui)
-    for what in ("models", "datasets"):
-        sub.add_parser(what, help=f"list registered {what}").set_defaults(fn=cmd_list, what=what)
+    m = sub.add_parser("models", help="list registered models; `models add` / `models rm` edit the registry")
+    m.set_defaults(fn=cmd_list, what="models")
+    msub = m.add_subparsers(dest="models_command")
+    add = msub.add_parser("add", help="add a model entry to the registry (checked before it is written)")
+    add.add_argument("key", help="partition key, a slug such as vit-b-32.mine")
+    add.add_argument("--kind", required=True, choices=["open_clip", "checkpoint", "toy", "aft"])
+    for name, what in (("arch", "open_clip architecture or toy-vit"), ("pretrained", "open_clip tag"),
+                       ("path", "checkpoint file"), ("base", "base model key (aft; checkpoint with --tower visual)"),
+                       ("data", "training dataset key (aft)"), ("tower", "full or visual")):
+        add.add_argument(f"--{name}", help=what)
+    add.add_argument("--seed", type=int)
+    add.add_argument("--set", action="append", metavar="NAME=VALUE", help="any other field (TOML value), repeatable")
+    add.set_defaults(fn=cmd_models_add)
+    rm = msub.add_parser("rm", help="remove a model from the registry and its partition from the instance")
+    rm.add_argument("key")
+    rm.add_argument("--purge", action="store_true", help="also delete its artifacts (Parquet, LanceDB rows, checkpoint)")
+    rm.set_defaults(fn=cmd_models_rm)
+    sub.add_parser("datasets", help="list registered datasets").set_defaults(fn=cmd_list, what="datasets")
+    parts = sub.add_parser("partitions", help="`partitions rm`: remove partitions the UI cannot delete")
+    psub = parts.add_subparsers(dest="partitions_command", required=True)
+    prm = psub.add_parser("rm", help="remove a model (or dataset) partition from the instance")
+    prm.add_argument("--model")
+    prm.add_argument("--dataset")
+    prm.add_argument("--purge", action="store_true", help="also delete the artifacts of the model (× dataset)")
+    prm.set_defaults(fn=cmd_partitions_rm)
+    st = sub.add_parser("status", help="per model × dataset: materialised / stale / failed / missing assets")
+    st.add_argument("--model")
+    st.add_argument("--dataset")
+    st.add_argument("--assets", nargs="?", const="pending", choices=["pending", "all"],
+                    help="list the assets (pending: the ones not materialised and fresh; all)")
+    st.set_defaults(fn=cmd_status)
     from pipelines import heads_cli
 
     heads_cli.add_parser(sub)

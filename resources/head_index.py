@@ -25,11 +25,11 @@ class HeadIndex:
         self._heads = None
 
     def _table(self, name: str):
-        db = self.lance.connect()
-        if name not in db.list_tables().tables:
+        try:
+            return self.lance.table(name, model=self.model)
+        except CliplabError:
             raise CliplabError(f"{name} is not materialised (no LanceDB table {name!r} under {self.lance.uri}); "
-                               f"materialise the `heads` job for model={self.model} dataset={self.dataset}")
-        return db.open_table(name)
+                               f"materialise the `heads` job for model={self.model} dataset={self.dataset}") from None
 
     def heads(self) -> pl.DataFrame:
         """(layer, head) pairs stored for this partition, sorted; an error naming the partition when none are."""

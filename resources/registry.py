@@ -280,3 +280,55 @@ def load_registry(path: str | Path | None = None, problems: dict[str, str] | Non
                             raise
                         problems[key] = str(e)
     return Registry(models, datasets, dict(problems or {}))
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise CliplabError(f"cannot write {value!r} into the registry (strings, numbers, booleans and lists only)")
+
+
+def _header(table: str, key: str) -> re.Pattern:
+    return re.compile(rf'^\[{table}\.(?:"{re.escape(key)}"|{re.escape(key)})\]\s*(#.*)?$', re.M)
+
+
+def add_model_entry(path: str | Path, key: str, fields: dict) -> ModelSpec:
+    """Append `[models."key"]` with `fields` to the registry file (created if absent), after checking the entry
+    exactly as loading does; refuses a key that is already there. The file is replaced atomically."""
+    path = Path(path)
+    text = path.read_text() if path.is_file() else ""
+    if _header("models", key).search(text) or key in BUILTIN_MODELS:
+        raise CliplabError(f"model {key!r} is already in {path if key not in BUILTIN_MODELS else 'the built-ins'}; "
+                           f"remove it first (cliplab models rm {key})")
+    spec = _model_spec(key, fields, str(path))
+    block = f'[models."{key}"]\n' + "".join(f"{k} = {_toml_value(v)}\n" for k, v in fields.items())
+    new = text + ("\n" if text and not text.endswith("\n\n") else "") + block
+    tomllib.loads(new)  # never leave a file the next load cannot read
+    _replace_text(path, new)
+    return spec
+
+
+def remove_model_entry(path: str | Path, key: str) -> None:
+    """Delete the `[models."key"]` table (up to the next table header) from the registry file, atomically."""
+    path = Path(path)
+    text = path.read_text() if path.is_file() else ""
+    match = _header("models", key).search(text)
+    if not match:
+        where = "a built-in" if key in BUILTIN_MODELS else f"not in {path}"
+        raise CliplabError(f"model {key!r} is {where}: nothing to remove from the registry")
+    nxt = re.compile(r"^\s*\[", re.M).search(text, match.end())
+    new = text[:match.start()] + (text[nxt.start():] if nxt else "")
+    tomllib.loads(new)
+    _replace_text(path, new)
+
+
+def _replace_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)

@@ -131,6 +131,22 @@ class ArtifactStore(ConfigurableResource):
         meta = {k.decode(): v.decode() for k, v in (f.schema_arrow.metadata or {}).items()}
         return meta, f.iter_batches(batch_size=batch_size, columns=columns)
 
+    def delete_partitions(self, model: str, dataset: str | None = None) -> list[str]:
+        """Delete every asset's Parquet partitions of `model` (and `dataset`, when given); returns the folders removed."""
+        fs, base = self._fs()
+        validate_key(model, "model key")
+        dataset and validate_key(dataset, "dataset key")
+        removed = []
+        for info in fs.get_file_info(pafs.FileSelector(base, allow_not_found=True)):
+            if info.type != pafs.FileType.Directory or info.base_name.startswith((".", "_")):
+                continue
+            folder = f"{info.path}/model={model}"
+            target = f"{folder}/dataset={dataset}" if dataset else folder
+            if fs.get_file_info(target).type == pafs.FileType.Directory:
+                fs.delete_dir(target)
+                removed.append(target)
+        return removed
+
     def scan(self, asset: str) -> pl.LazyFrame:
         """Every materialised partition of `asset`, with its hive keys as columns."""
         fs, base = self._fs()

@@ -192,7 +192,7 @@ def search_neurons(lance: LanceStore, model: str, dataset: str, text_vector, k: 
     unit vectors): rank, layer, neuron, concept, score (the neuron's soft-WPMI), similarity (cosine ↑)."""
     query = np.asarray(text_vector, dtype=np.float32).ravel()
     query = query / np.linalg.norm(query)
-    hits = (lance.table(TABLE).search(query).distance_type("dot")
+    hits = (lance.table(TABLE, model=model).search(query).distance_type("dot")
             .where(f"model = {_sql_str(model)} AND dataset = {_sql_str(dataset)}", prefilter=True)
             .select(["layer", "neuron", "concept", "score", "_distance"]).limit(k).to_polars())
     return pl.DataFrame({"rank": np.arange(1, len(hits) + 1, dtype=np.int64), "layer": hits["layer"],

@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 from dagster import AssetExecutionContext, AssetKey, Config, MaterializeResult, MetadataValue, asset
 
+from assets import checks
 from assets._arrow import vectors
 from assets._report import Progress
 from assets.partitions import MODEL_CHECKPOINT, model_and_dataset, model_dataset
@@ -55,7 +56,7 @@ def head_terms_schema(d: int, n_layers: int, layers: tuple[int, ...], rest_layer
 
 
 @asset(code_version="1", partitions_def=model_dataset, deps=[AssetKey("dataset_manifest"), MODEL_CHECKPOINT], group_name="head_spans",
-       kinds={"lancedb"}, pool="gpu")
+       kinds={"lancedb"}, pool="gpu", check_specs=checks.specs("head_contributions", "parts_sum_to_embedding"))
 def head_contributions(context: AssetExecutionContext, config: HeadConfig, datasets: DatasetCatalog,
                        zoo: ModelZoo, store: ArtifactStore, lance: LanceStore) -> MaterializeResult:
     """Per image × layer × head (last k layers) the head's token-summed direct contribution to e/‖e‖ (LanceDB)."""
@@ -114,7 +115,7 @@ def head_contributions(context: AssetExecutionContext, config: HeadConfig, datas
     n_rows = lance.replace_partition(TABLE, data, model, dataset, key="cell")
     context.log.info(f"{TABLE} {model} × {dataset}: {n_rows} rows, layers {list(layers)}, {n_heads} heads, "
                      f"{progress.rate:.1f} images/s, max |Σ parts − e| = {max_err:.3g}")
-    return MaterializeResult(metadata={
+    return MaterializeResult(check_results=[checks.parts_sum_to_embedding("head_contributions", max_err)], metadata={
         "dagster/row_count": n_rows, "images": progress.done, "layers decomposed": MetadataValue.json(list(layers)),
         "heads per layer": n_heads, "embedding dim": d, "images/s": round(progress.rate, 1),
         "seconds": round(progress.seconds, 2), "device": m.device,

@@ -93,12 +93,12 @@ def head_spans(context: AssetExecutionContext, config: SpanConfig, store: Artifa
     terms = store.read("head_terms", model=model, dataset=dataset).collect()
     ids = terms.select("image_id").with_row_index("row")
     mine = (pl.col("model") == model) & (pl.col("dataset") == dataset)
-    contributions = lance.table("head_contributions").to_polars().filter(mine)
+    contributions = lance.table("head_contributions", model=model).to_polars().filter(mine)
     stored = sorted(contributions.select("layer").unique().collect()["layer"].to_list())
     if not stored:
         raise CliplabError(f"head_contributions has no rows for {model} × {dataset}")
     spanned = stored[-config.layers:]
-    texts_all = lance.table("text_bank_embeddings").to_polars().filter(mine).drop("vector").collect()
+    texts_all = lance.table("text_bank_embeddings", model=model).to_polars().filter(mine).drop("vector").collect()
     banks = _banks(config, texts_all)
     rank, head_dim = _rank(config.r, zoo, model)
     ks = sorted({*config.ks, config.k})
@@ -123,7 +123,7 @@ def head_spans(context: AssetExecutionContext, config: SpanConfig, store: Artifa
     weights = read_class_weights(store, model, dataset)
     n_heads = None
 
-    bank_rows = {bank: lance.table("text_bank_embeddings").to_polars().filter(mine & (pl.col("bank") == bank))
+    bank_rows = {bank: lance.table("text_bank_embeddings", model=model).to_polars().filter(mine & (pl.col("bank") == bank))
                  .select("text_index", "text", "family", "vector").sort("text_index").collect() for bank in banks}
     # one pass over the spanned layers (each loaded once), every bank TextSpan'd on it
     results = replacement_curves(kept, earlier, (layer_heads(layer) for layer in spanned),

@@ -65,7 +65,7 @@ def prominent_patches(context: AssetExecutionContext, config: ProminentConfig, s
     with store.writer("prominent_patches", schema, model=model, dataset=dataset) as w:
         for label in labels:
             rows = _class_rows(path, label, ["image_id", config.facet])
-            f = torch.from_numpy(rows[config.facet].to_numpy()).view(len(rows), grid[0] * grid[1], width)
+            f = torch.from_numpy(rows[config.facet].to_numpy(writable=True)).view(len(rows), grid[0] * grid[1], width)
             mask = spectral_foreground(f, method=config.method).numpy()
             mask = largest_components(mask.reshape(-1, *grid), config.min_second).reshape(len(rows), -1)
             n_fg = mask.sum(axis=1)

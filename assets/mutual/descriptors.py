@@ -96,7 +96,7 @@ def class_descriptors(context: AssetExecutionContext, config: ClassDescriptorCon
         raise CliplabError(f"template must be 'none' or 'photo', not {config.template!r}")
     model, dataset = model_and_dataset(context)
     column = "vector" if config.template == "none" else "vector_photo"
-    bank = (lance.table("descriptor_embeddings").to_polars()
+    bank = (lance.table("descriptor_embeddings", model=model).to_polars()
             .filter((pl.col("model") == model) & (pl.col("dataset") == dataset))
             .select("descriptor_index", "descriptor", column).sort("descriptor_index").collect())
     if bank.is_empty():

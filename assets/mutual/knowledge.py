@@ -21,6 +21,7 @@ from dagster import (
     asset,
 )
 
+from assets import checks
 from assets._arrow import vectors
 from assets._report import Progress, png_metadata
 from assets.mutual.concepts import patch_grid
@@ -52,7 +53,7 @@ BRANCHES = ("pca", "kmeans")
 
 def read_descriptor_bank(lance: LanceStore, model: str, dataset: str, column: str = "vector") -> pl.DataFrame:
     """descriptor_index, descriptor, classes and the chosen embedding column of one partition, in bank order."""
-    bank = (lance.table("descriptor_embeddings").to_polars()
+    bank = (lance.table("descriptor_embeddings", model=model).to_polars()
             .filter((pl.col("model") == model) & (pl.col("dataset") == dataset))
             .select("descriptor_index", "descriptor", "classes", column).sort("descriptor_index").collect())
     if bank.is_empty():
@@ -295,7 +296,7 @@ MI_SCHEMA = pa.schema([
 
 
 @asset(code_version="1", partitions_def=model_dataset, deps=[visual_concept_descriptors, AssetKey("class_descriptors")],
-       group_name="mutual_knowledge", kinds={"parquet"})
+       group_name="mutual_knowledge", kinds={"parquet"}, check_specs=checks.specs("mi_curves", "mi_curve_sentinel_and_bounds"))
 def mi_curves(context: AssetExecutionContext, config: MIConfig, store: ArtifactStore,
               datasets: DatasetCatalog) -> MaterializeResult:
     """Per image and branch: MI(D_v; D_ŷ) after each removal of D_v's most important descriptor, matches c, AUC."""
@@ -344,7 +345,8 @@ def mi_curves(context: AssetExecutionContext, config: MIConfig, store: ArtifactS
         png = plots.venn([names[d] for d in D_v], [names[d] for d in D_y[target][:15]],
                          f"{image_id}: vision (D_v) / language (D_ŷ, top {min(15, u)}) concepts")
         meta |= png_metadata(png, store.figure_path("mi_curves", model, dataset, "venn.png"), "vision / language / mutual concepts")
-    return MaterializeResult(metadata=meta)
+    check = checks.mi_curve_sentinel_and_bounds("mi_curves", out["curve"], out["n_dv"], u)
+    return MaterializeResult(metadata=meta, check_results=[check])
 
 
 def class_curves(curves: pl.DataFrame) -> pl.DataFrame:

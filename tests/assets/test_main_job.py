@@ -36,6 +36,18 @@ def test_no_output_is_pickled_into_the_instance(quick_root):
     assert not [p for p in storage.rglob("*") if p.is_file()], "outputs pickled by the IO manager"
 
 
+def test_every_asset_check_runs_and_passes_on_the_toy_partition(quick_root):
+    _, _, result = quick_root
+    evaluations = [e.asset_check_evaluation_data for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
+    names = {(e.asset_key.path[-1], e.check_name): e.passed for e in evaluations}
+    assert set(names) == {("zero_shot_predictions", "rows_match_manifest"), ("zero_shot_predictions", "above_chance"),
+                          ("patch_features", "rows_match_manifest"), ("patch_features", "finite"),
+                          ("patch_features", "unit_norm"), ("class_text_embeddings", "finite"),
+                          ("class_text_embeddings", "unit_norm"), ("head_contributions", "parts_sum_to_embedding"),
+                          ("mi_curves", "mi_curve_sentinel_and_bounds")}
+    assert all(names.values()), names
+
+
 def test_partitions_registered_in_the_instance(quick_root):
     _, instance, _ = quick_root
     assert instance.get_dynamic_partitions("model") == ["toy-vit.s0"]

@@ -156,3 +156,62 @@ def test_one_environment_for_cli_ui_and_scripts(tmp_path, monkeypatch):
     (tmp_path / "checkout" / "shared" / "data" / "text-banks").rmdir()
     monkeypatch.delenv("CLIPLAB_REFERENCE_DIR")
     assert "CLIPLAB_REFERENCE_DIR" not in prepare_environment(repo)
+
+
+def test_status_counts_what_the_run_materialised(ran):
+    _, env, _ = ran
+    out = subprocess.run([*CLI, "status", "--assets"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    header, row = out.stdout.splitlines()[:2]
+    assert header.split()[-4:] == ["materialised", "stale", "failed", "missing"]
+    assert row.startswith("toy-vit.s0 × toyworld")
+    materialised, stale, failed, missing = map(int, row.split()[-4:])
+    assert materialised >= 25 and stale == failed == 0  # `main` materialises every (model, dataset) asset
+
+
+def test_models_add_and_rm_edit_the_registry(tmp_path):
+    reg = tmp_path / "registry.toml"
+    reg.write_text("# mine\n")
+    env = {**env_for(tmp_path), "CLIPLAB_REGISTRY": str(reg)}
+
+    def cli(*argv):
+        return subprocess.run([*CLI, *argv], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+
+    ok = cli("models", "add", "toy-vit.mine", "--kind", "aft", "--base", "toy-vit.s0", "--data", "toyworld",
+             "--set", "eps=2.0", "--set", "steps=10")
+    assert ok.returncode == 0, ok.stderr
+    assert "toy-vit.mine" in cli("models").stdout.split()
+    assert 'eps = 2.0' in reg.read_text() and reg.read_text().startswith("# mine\n")
+    before = reg.read_text()
+    bad = cli("models", "add", "toy-vit.bad", "--kind", "aft", "--base", "toy-vit.s0", "--data", "toyworld", "--set", "eps=-1")
+    assert bad.returncode == 2 and "eps must be > 0" in bad.stderr and reg.read_text() == before  # checked first
+    again = cli("models", "add", "toy-vit.mine", "--kind", "toy")
+    assert again.returncode == 2 and "already in" in again.stderr
+    gone = cli("models", "rm", "toy-vit.mine")
+    assert gone.returncode == 0, gone.stderr
+    assert reg.read_text() == "# mine\n" and "toy-vit.mine" not in cli("models").stdout.split()
+    assert cli("models", "rm", "toy-vit.mine").returncode == 2
+
+
+def test_partitions_rm_removes_what_the_ui_cannot(ran, tmp_path):
+    import shutil
+
+    from dagster import DagsterInstance
+
+    src, env, _ = ran
+    dh = tmp_path / "dh"
+    shutil.copytree(src / "dh", dh)
+    shutil.copytree(src / "art", tmp_path / "art")
+    env = {**env, "DAGSTER_HOME": str(dh), "CLIPLAB_ARTIFACTS": str(tmp_path / "art")}
+    out = subprocess.run([*CLI, "partitions", "rm", "--model", "toy-vit.s0", "--purge"], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    with DagsterInstance.from_config(str(dh)) as instance:
+        assert "toy-vit.s0" not in instance.get_dynamic_partitions("model")
+    assert not (tmp_path / "art/patch_features/model=toy-vit.s0").exists()
+    assert not (tmp_path / "art/checkpoints/toy-vit.s0").exists()
+    assert (tmp_path / "art/toyworld").is_dir()  # toyworld is not the model's
+    import lancedb
+
+    db = lancedb.connect(str(tmp_path / "art/lancedb"))
+    assert all(db.open_table(t).count_rows("model = 'toy-vit.s0'") == 0 for t in db.list_tables().tables)

@@ -1,0 +1,50 @@
+"""backfill_schedule: one `main` run per pair with anything missing, stale or failed; failures back off."""
+
+import shutil
+
+from dagster import (
+    DagsterInstance,
+    DagsterRunStatus,
+    build_schedule_context,
+)
+
+from assets.partitions import partition_key
+from pipelines.definitions import defs, resources_from_env
+from pipelines.runs import materialise
+from pipelines.schedules import RETRY_BASE_SECONDS, backfill_requests, backfill_schedule
+
+
+def test_backfills_stale_and_missing_pairs_and_backs_off_failures(quick_root, tmp_path):
+    src, _, _ = quick_root
+    root = tmp_path / "artifacts"
+    shutil.copytree(src, root)  # every asset of the quick toy partition on disk
+    res = resources_from_env(str(root))
+    instance = DagsterInstance.ephemeral()
+    graph = defs.resolve_asset_graph()
+    assert materialise(instance, "toy-vit.s0", "toyworld", res, analyses=False).success
+    instance.add_dynamic_partitions("model", ["toy-vit.s5"])  # no weights: not the schedule's (the sensor's) job
+
+    requests, _ = backfill_requests(instance, graph, res["zoo"])
+    key = partition_key("toy-vit.s0", "toyworld")
+    assert [r.partition_key for r in requests] == [key]  # nothing materialised in this instance yet: missing
+    assert "missing" in requests[0].tags["cliplab/backfill"]
+
+    # the schedule as the daemon evaluates it
+    with build_schedule_context(instance=instance, resources=res, repository_def=defs.get_repository_def()) as ctx:
+        data = backfill_schedule.evaluate_tick(ctx)
+    assert [r.partition_key for r in data.run_requests] == [key]
+
+    # one failed attempt: held back for RETRY_BASE_SECONDS, then requested again
+    run = instance.create_run_for_job(job_def=defs.resolve_job_def("main"), tags={"dagster/partition": str(key)})
+    instance.report_run_failed(run)
+    end = instance.get_run_record_by_id(run.run_id).end_time
+    assert instance.get_run_by_id(run.run_id).status == DagsterRunStatus.FAILURE
+    held, skipped = backfill_requests(instance, graph, res["zoo"], now=end + 60)
+    assert not held and "failed 1×" in skipped[0]
+    again, _ = backfill_requests(instance, graph, res["zoo"], now=end + RETRY_BASE_SECONDS + 1)
+    assert [r.partition_key for r in again] == [key]
+
+    # quick_root's instance holds the whole main job for the pair: fresh, nothing to request (read only)
+    _, materialised, _ = quick_root
+    fresh, _ = backfill_requests(materialised, graph, resources_from_env(str(src))["zoo"])
+    assert key not in [r.partition_key for r in fresh]
