@@ -20,7 +20,7 @@ from assets.toy.clip import train_toy_checkpoint
 from assets.toy.world import toyworld
 from cliplab.errors import CliplabError
 from resources.datasets import DatasetCatalog
-from resources.models import ModelZoo, download_pretrained, read_sidecar, save_checkpoint, sha256_file
+from resources.models import ModelZoo, download_pretrained, read_sidecar, save_checkpoint, sha256_file, source_file
 from resources.registry import validate_key
 from resources.store import ArtifactStore
 
@@ -37,7 +37,7 @@ def _verify_pretrained(context, spec, zoo: ModelZoo, **_) -> dict:
 
 def _store_checkpoint(context, spec, zoo: ModelZoo, **_) -> dict:
     weights = zoo.source_weights(spec)
-    source_sha = sha256_file(spec.path)
+    source_sha = sha256_file(source_file(spec.path))
     extra = {"kind": "checkpoint", "source": spec.path, "source_sha256": source_sha, "tower": spec.tower, "base": spec.base}
     save_checkpoint(weights, zoo.checkpoint_dir(spec.key), extra=extra)
     return {"source": MetadataValue.path(spec.path), "source sha256": source_sha, "tower": spec.tower,

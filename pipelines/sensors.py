@@ -16,21 +16,26 @@ from dagster import (
 
 from assets.partitions import dataset_partitions, model_partitions, partition_key
 from cliplab.errors import CliplabError
-from pipelines.jobs import analyse_job, checkpoint_job
+from pipelines.jobs import checkpoint_job, main_job
 from resources.datasets import DatasetCatalog
 from resources.models import ModelZoo
+from resources.registry import BUILTIN_MODELS, TOY_MODEL_KEY
+
+BUILTIN_VARIANTS = set(BUILTIN_MODELS) - {TOY_MODEL_KEY}
 
 
-@sensor(jobs=[checkpoint_job, analyse_job], minimum_interval_seconds=60, default_status=DefaultSensorStatus.STOPPED)
+@sensor(jobs=[checkpoint_job, main_job], minimum_interval_seconds=30, default_status=DefaultSensorStatus.RUNNING)
 def registry_sensor(context: SensorEvaluationContext, zoo: ModelZoo, datasets: DatasetCatalog) -> SensorResult:
-    """Adds registry/checkpoint models and registry datasets as partitions. Requests a `checkpoints` run for each
-    model without weights whose base (if any) has them, and one `analyse` run per (model, dataset) pair once the
-    model has weights. An entry that cannot work here (invalid, missing file, weights neither cached nor
+    """Adds the registry file's models, checkpoints dropped into CLIPLAB_CHECKPOINT_DIR, the pipeline's own checkpoint
+    folders and the registry's datasets as partitions (the built-in toy AFT variants only once trained: training
+    them is asked for with `cliplab run`). Requests a `checkpoints` run for each model without weights whose base
+    (if any) has them, and one `main` run per (model, dataset) pair once the model has weights. An entry that cannot work here (invalid, missing file, weights neither cached nor
     downloadable) is reported in the tick's log and gets no run. Run keys carry the entry's content (a fixed entry
     is tried again) and the checkpoint's materialisation (new weights under a key are analysed again)."""
     problems: dict[str, str] = {}
     try:
         models, sets = zoo.known_keys(problems), datasets.known_keys(problems)
+        models = [m for m in models if m not in BUILTIN_VARIANTS or zoo.has_checkpoint(m)]
     except CliplabError as e:
         return SensorResult(skip_reason=str(e))
     have_m = set(context.instance.get_dynamic_partitions(model_partitions.name))
@@ -46,7 +51,7 @@ def registry_sensor(context: SensorEvaluationContext, zoo: ModelZoo, datasets: D
         spec = zoo.spec(m)
         if has_weights(m):
             version = _checkpoint_version(context.instance, m)
-            runs += [RunRequest(run_key=f"{d}|{m}|{version}", job_name=analyse_job.name, partition_key=partition_key(m, d))
+            runs += [RunRequest(run_key=f"{d}|{m}|{version}", job_name=main_job.name, partition_key=partition_key(m, d))
                      for d in sets]
         elif not spec.base or has_weights(spec.base):
             if why := zoo.preflight(m):

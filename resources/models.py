@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import pickle
+import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -233,6 +234,99 @@ def cached_pretrained(arch: str, tag: str, cache_dir: str | None) -> tuple[str |
     return None, cfg, hub, cache
 
 
+def source_file(path: str | Path) -> Path:
+    """The weights file of a checkpoint path: the file itself, or a local-dir folder's safetensors."""
+    p = Path(path)
+    return p / WEIGHTS_FILE if p.is_dir() else p
+
+
+def infer_architecture(state: dict) -> list[str]:
+    """The architectures ("toy-vit" or open_clip names) whose every tensor shape matches a full CLIP state dict (ViTs;
+    a ResNet tower or a custom text tower matches none). Several can match (GELU vs QuickGELU share shapes)."""
+    import open_clip
+
+    from cliplab.toy.clip import build_toy_clip
+
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    conv = shapes.get("visual.conv1.weight")
+    if not conv or "text_projection" not in shapes or "positional_embedding" not in shapes:
+        return []
+
+    def count(prefix):
+        return len({k[len(prefix):].split(".")[0] for k in shapes if k.startswith(prefix)})
+
+    seen = {"width": conv[0], "patch": conv[2], "layers": count("visual.transformer.resblocks."),
+            "tokens": shapes.get("visual.positional_embedding", (0,))[0], "embed": shapes["text_projection"][1],
+            "text_width": shapes["positional_embedding"][1], "context": shapes["positional_embedding"][0],
+            "text_layers": count("transformer.resblocks.")}
+    out = []
+    if {k: tuple(v.shape) for k, v in build_toy_clip().state_dict().items()} == shapes:
+        out.append(TOY_ARCH)
+    for arch in open_clip.list_models():
+        cfg = open_clip.get_model_config(arch) or {}
+        v, t = cfg.get("vision_cfg", {}), cfg.get("text_cfg", {})
+        if not isinstance(v.get("layers"), int) or "hf_model_name" in t or "timm_model_name" in v:
+            continue
+        size = v.get("image_size", 224)
+        size = size[0] if isinstance(size, (list, tuple)) else size
+        want = {"width": v.get("width"), "patch": v.get("patch_size"), "layers": v.get("layers"),
+                "tokens": (size // v.get("patch_size", 1)) ** 2 + 1, "embed": cfg.get("embed_dim"),
+                "text_width": t.get("width"), "context": t.get("context_length", 77), "text_layers": t.get("layers")}
+        if want == seen:
+            out.append(arch)
+    return out
+
+
+WATCHED_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
+_FITS: dict[tuple, list[str]] = {}  # (path, size, mtime) → architectures: a sensor tick must not re-read every file
+
+
+def _fits(path: Path) -> list[str]:
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _FITS:
+        _FITS[key] = infer_architecture(read_state_dict(path))
+    return _FITS[key]
+
+
+def watched_models(folder: str | Path) -> tuple[dict[str, ModelSpec], dict[str, str]]:
+    """(key → spec, key → why not) for what is dropped into `folder`: an open_clip local-dir folder (its
+    open_clip_config.json + open_clip_model.safetensors), or a checkpoint file whose architecture is named by a
+    `<name>.json` beside it ({"arch": ...}) or, failing that, read from its tensor shapes when exactly one
+    architecture fits. The key is the file or folder name as a slug (lower case; other characters become '-')."""
+    specs, problems = {}, {}
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        return specs, {str(folder): f"checkpoint folder {folder} does not exist (CLIPLAB_CHECKPOINT_DIR)"}
+    for p in sorted(root.iterdir()):
+        if p.name.startswith(".") or not (p.is_dir() or p.suffix in WATCHED_SUFFIXES):
+            continue
+        key = re.sub(r"[^a-z0-9._-]+", "-", (p.name if p.is_dir() else p.stem).lower()).strip("-.")
+        try:
+            validate_key(key, "model key", str(p))
+            if p.is_dir():
+                if not (p / CONFIG_FILE).is_file() or not (p / WEIGHTS_FILE).is_file():
+                    raise CliplabError(f"{p}: a checkpoint folder needs {CONFIG_FILE} and {WEIGHTS_FILE} (open_clip's local-dir layout)")
+                specs[key] = ModelSpec(key, "checkpoint", path=str(p))
+                continue
+            named = p.with_suffix(".json")
+            if named.is_file():
+                arch = json.loads(named.read_text()).get("arch", "")
+                if not arch:
+                    raise CliplabError(f"{named}: no 'arch' field")
+            else:
+                fits = _fits(p)
+                if len(fits) != 1:
+                    raise CliplabError(
+                        f"{p}: " + (f"its shapes fit {', '.join(fits)}" if fits else "its shapes fit no known ViT architecture")
+                        + f"; name it in {named.name} ({{\"arch\": \"...\"}}) or in a registry entry (kind = \"checkpoint\")")
+                arch = fits[0]
+            specs[key] = ModelSpec(key, "checkpoint", arch=arch, path=str(p))
+        except CliplabError as e:
+            problems[key or p.name] = str(e)
+    return specs, problems
+
+
 class ModelZoo(ConfigurableResource):
     """Loads models by key. `registry`: TOML file (optional); `artifacts_root`: where pipeline checkpoints live."""
 
@@ -243,6 +337,8 @@ class ModelZoo(ConfigurableResource):
     # image preprocessing: "shortest" = open_clip's val transform (resize the short side, centre crop);
     # "squash" = the mutual-knowledge reference (resize to the model's size, no crop)
     resize_mode: str = "shortest"
+    # a folder watched for dropped-in checkpoints (CLIPLAB_CHECKPOINT_DIR): each becomes a model (watched_models)
+    watch_dir: str = ""
 
     def checkpoint_dir(self, key: str) -> Path:
         return Path(self.artifacts_root) / "checkpoints" / validate_key(key, "model key")
@@ -255,6 +351,8 @@ class ModelZoo(ConfigurableResource):
         try:
             return reg.model(key)
         except CliplabError:
+            if self.watch_dir and key in (watched := watched_models(self.watch_dir))[0]:
+                return watched[0][key]
             if (self.checkpoint_dir(key) / CONFIG_FILE).is_file():
                 return ModelSpec(key, "local-dir", path=str(self.checkpoint_dir(key)))
             raise
@@ -263,6 +361,11 @@ class ModelZoo(ConfigurableResource):
         """Registry models (built-ins included) and pipeline checkpoint folders; with `problems`, invalid registry
         entries are left out and recorded there instead of raising."""
         keys = set(load_registry(self.registry, problems).models)
+        if self.watch_dir:
+            found, why = watched_models(self.watch_dir)
+            keys |= set(found)
+            if problems is not None:
+                problems.update(why)
         root = Path(self.artifacts_root) / "checkpoints"
         if root.is_dir():
             keys |= {p.name for p in root.iterdir() if (p / CONFIG_FILE).is_file()}
@@ -284,9 +387,9 @@ class ModelZoo(ConfigurableResource):
                     return (f"model {key!r}: pretrained weights {spec.arch}/{spec.pretrained} are not in the cache "
                             f"({cache}) and there is no network to download them")
             if spec.kind == "checkpoint":
-                if spec.tower == "full" and spec.arch != TOY_ARCH and spec.arch not in open_clip.list_models():
+                if spec.tower == "full" and spec.arch and spec.arch != TOY_ARCH and spec.arch not in open_clip.list_models():
                     return f"model {key!r}: unknown architecture {spec.arch!r} (registry field 'arch')"
-                if not Path(spec.path).expanduser().is_file():
+                if not source_file(Path(spec.path).expanduser()).is_file():
                     return f"model {key!r}: checkpoint file {spec.path} does not exist (registry field 'path')"
             if spec.base and not self.has_checkpoint(spec.base):
                 return self.preflight(spec.base, (*_seen, key))
@@ -352,7 +455,7 @@ class ModelZoo(ConfigurableResource):
         if spec.kind == "open_clip":
             return sha256_file(download_pretrained(spec.arch, spec.pretrained, self.cache_dir))
         if spec.kind in ("checkpoint", "local-dir"):
-            return sha256_file(spec.path if spec.kind == "checkpoint" else Path(spec.path) / WEIGHTS_FILE)
+            return sha256_file(source_file(spec.path))
         raise CliplabError(f"model {key!r} ({spec.kind}) has no source file: its weights come from its checkpoint partition")
 
     def source_weights(self, spec: ModelSpec) -> Weights:
@@ -376,6 +479,8 @@ class ModelZoo(ConfigurableResource):
                 state = {k[len("visual."):]: v for k, v in state.items()}
             load_weights(base.model.visual, state, f"{spec.path} (image tower of {spec.base!r})")
             return base
+        if spec.kind == "checkpoint" and Path(spec.path).is_dir():
+            return self.folder_weights(spec.path)
         if spec.kind == "checkpoint":
             model, tokenizer, cfg = build_architecture(spec.arch, f"model {spec.key!r}")
             load_weights(model, read_state_dict(spec.path), spec.path)

@@ -29,12 +29,12 @@ def test_sensor_adds_partitions_and_requests_each_new_pair(tmp_path, monkeypatch
     ctx = build_sensor_context(instance=instance, resources=resources, definitions=defs)
     result = registry_sensor(ctx)
     added = [k for r in result.dynamic_partitions_requests for k in r.partition_keys]
-    assert sorted(added) == ["toy-vit.s0.aft-e1", "toy-vit.s0.aft-e1-short", "toy-vit.s0.aft-e4", "toy-vit.s0.aft-e4-short",
-                             "toy-vit.s7", "vit-b-32.openai"]
+    # the built-in AFT variants are trained on request (`cliplab run`), not by the sensor
+    assert sorted(added) == ["toy-vit.s7", "vit-b-32.openai"]
     runs = sorted((r.job_name, r.partition_key) for r in result.run_requests)
-    # toy-vit.s7 has weights (its checkpoint folder): analyses; toy-vit.s0 has none yet: its checkpoint; the AFT
-    # variants wait for their base toy-vit.s0; vit-b-32's weights are not cached and there is no network: no run
-    assert runs == [("analyse", "toyworld|toy-vit.s7"), ("checkpoints", "toy-vit.s0")]
+    # toy-vit.s7 has weights (its checkpoint folder): every analysis (`main`); toy-vit.s0 has none yet: its
+    # checkpoint; vit-b-32's weights are not cached and there is no network: no run
+    assert runs == [("checkpoints", "toy-vit.s0"), ("main", "toyworld|toy-vit.s7")]
     # once the partitions exist, the next tick adds none and repeats only run keys already used (the daemon skips them)
     instance.add_dynamic_partitions("model", added)
     again = registry_sensor(build_sensor_context(instance=instance, resources=resources, definitions=defs))
@@ -79,7 +79,7 @@ def test_entries_that_cannot_work_are_reported_and_get_no_run(tmp_path, monkeypa
                  "datasets": DatasetCatalog(registry=str(reg), artifacts_root=str(tmp_path))}
     result = registry_sensor(build_sensor_context(instance=instance, resources=resources, definitions=defs))
     runs = {r.partition_key: r.run_key for r in result.run_requests}
-    assert set(runs) == {"toy-vit.s0", "toy-vit.s3"}
+    assert set(runs) == {"toy-vit.s0", "toy-vit.s3"}  # not the built-in AFT variants: they are trained on request
     log = capfd.readouterr().err  # the tick's log
     assert "'mine.missing'" in log and "does not exist" in log and "'path'" in log
     assert "'mine.badarch'" in log and "unknown architecture 'ViT-Q-99'" in log
@@ -116,3 +116,37 @@ def test_new_weights_under_a_key_request_its_analyses_again(tmp_path):
     second = analyse_key()
     assert len(first) == len(second) == 1 and first != second
     assert second == analyse_key()  # and only once per materialisation
+
+
+def test_checkpoints_dropped_into_the_watched_folder_become_models(tmp_path, monkeypatch):
+    """A toy-architecture .safetensors (architecture read from its shapes), an open_clip local-dir folder and a file
+    whose shapes fit two architectures (named by a .json beside it, else reported)."""
+    import json
+
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+
+    from cliplab.toy.clip import build_toy_clip
+    from resources.models import as_weights, save_checkpoint
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    watch = tmp_path / "drop"
+    watch.mkdir()
+    save_file({k: v.contiguous() for k, v in build_toy_clip().state_dict().items()}, str(watch / "My Toy.safetensors"))
+    save_checkpoint(as_weights(build_toy_clip(), "toy-vit"), watch / "toy-folder")
+    b32 = open_clip.create_model("ViT-B-32", pretrained=None)
+    torch.save(b32.state_dict(), watch / "b32.pt")
+    reg = tmp_path / "registry.toml"
+    reg.write_text("")
+    instance = DagsterInstance.ephemeral()
+    zoo = ModelZoo(registry=str(reg), artifacts_root=str(tmp_path / "art"), watch_dir=str(watch))
+    resources = {"zoo": zoo, "datasets": DatasetCatalog(registry=str(reg), artifacts_root=str(tmp_path / "art"))}
+    result = registry_sensor(build_sensor_context(instance=instance, resources=resources, definitions=defs))
+    added = {k for r in result.dynamic_partitions_requests for k in r.partition_keys}
+    assert {"my-toy", "toy-folder"} <= added and "b32" not in added
+    assert {("checkpoints", "my-toy"), ("checkpoints", "toy-folder")} <= {(r.job_name, r.partition_key) for r in result.run_requests}
+    assert zoo.spec("my-toy").arch == "toy-vit"
+    assert zoo.weights("toy-folder").arch == "toy-vit"  # verified load of the folder
+    (watch / "b32.json").write_text(json.dumps({"arch": "ViT-B-32-quickgelu"}))
+    assert zoo.spec("b32").arch == "ViT-B-32-quickgelu"
