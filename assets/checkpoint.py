@@ -12,17 +12,20 @@ An `aft` partition reads its base's partition: materialise the base first (`clip
 
 from typing import Optional
 
-from dagster import AssetExecutionContext, Config, DataVersion, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, Config, DataVersion, MaterializeResult, MetadataValue, RetryRequested, asset
 
 from assets.aft.finetune import finetune_checkpoint
 from assets.partitions import model_partitions
 from assets.toy.clip import train_toy_checkpoint
 from assets.toy.world import toyworld
-from cliplab.errors import CliplabError
+from cliplab.errors import CliplabError, DownloadError
 from resources.datasets import DatasetCatalog
 from resources.models import ModelZoo, download_pretrained, read_sidecar, save_checkpoint, sha256_file, source_file
 from resources.registry import validate_key
 from resources.store import ArtifactStore
+
+
+DOWNLOAD_RETRIES, DOWNLOAD_RETRY_SECONDS = 3, 30
 
 
 class CheckpointConfig(Config):
@@ -30,7 +33,11 @@ class CheckpointConfig(Config):
 
 
 def _verify_pretrained(context, spec, zoo: ModelZoo, **_) -> dict:
-    path = download_pretrained(spec.arch, spec.pretrained, zoo.cache_dir)
+    try:
+        path = download_pretrained(spec.arch, spec.pretrained, zoo.cache_dir)
+    except DownloadError as e:  # the network, not the input: Dagster retries the step (30 s, 60 s, 120 s)
+        context.log.warning(f"{e}; retrying")
+        raise RetryRequested(max_retries=DOWNLOAD_RETRIES, seconds_to_wait=DOWNLOAD_RETRY_SECONDS * 2 ** context.retry_number) from e
     zoo.source_weights(spec)  # every tensor present, with its architecture's shape
     return {"source": MetadataValue.path(str(path)), "sha256": sha256_file(path)}
 

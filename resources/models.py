@@ -21,7 +21,7 @@ from typing import Any
 
 from dagster import ConfigurableResource
 
-from cliplab.errors import CliplabError
+from cliplab.errors import CliplabError, DownloadError
 from resources.atomic import recover, replaced_folder
 from resources.registry import TOY_ARCH, ModelSpec, load_registry, validate_key
 
@@ -207,7 +207,7 @@ def download_pretrained(arch: str, tag: str, cache_dir: str | None) -> str:
     try:
         return open_clip.download_pretrained(cfg, cache_dir=cache_dir or None)
     except Exception as e:  # the hub's own errors are long; keep the first line
-        raise CliplabError(f"downloading pretrained weights {arch!r}/{tag!r} failed: {str(e).splitlines()[0]}") from None
+        raise DownloadError(f"downloading pretrained weights {arch!r}/{tag!r} failed: {str(e).splitlines()[0]}") from None
 
 
 def cached_pretrained(arch: str, tag: str, cache_dir: str | None) -> tuple[str | None, dict, str, str]:

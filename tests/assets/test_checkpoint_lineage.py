@@ -50,3 +50,35 @@ def test_new_weights_make_the_analyses_of_that_model_stale(quick_root, tmp_path)
     second = instance.get_latest_materialization_event(AssetKey("checkpoint")).asset_materialization
     assert second.tags["dagster/data_version"] != first.tags["dagster/data_version"]
     assert manifest_status() == StaleStatus.STALE
+
+
+def test_a_failed_download_is_retried_with_backoff(tmp_path, monkeypatch):
+    """A network failure (DownloadError) is retried by Dagster; bad input (CliplabError) is not."""
+    import open_clip
+
+    import assets.checkpoint as ckpt
+    import resources.models as models
+    from cliplab.errors import DownloadError
+
+    weights = tmp_path / "b32.safetensors"
+    model = open_clip.create_model("ViT-B-32", pretrained=None)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+    calls = []
+
+    def flaky(arch, tag, cache_dir):
+        calls.append(arch)
+        if len(calls) <= 2:
+            raise DownloadError("downloading pretrained weights failed: connection reset")
+        return str(weights)
+
+    monkeypatch.setattr(ckpt, "download_pretrained", flaky)
+    monkeypatch.setattr(models, "download_pretrained", lambda *a: str(weights))
+    monkeypatch.setattr(ckpt, "DOWNLOAD_RETRY_SECONDS", 0)
+    reg = tmp_path / "registry.toml"
+    reg.write_text('[models."vit-b-32.openai"]\nkind = "open_clip"\narch = "ViT-B-32"\npretrained = "openai"\n')
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("model", ["vit-b-32.openai"])
+    result = materialize([checkpoint.checkpoint], instance=instance, partition_key="vit-b-32.openai",
+                         resources=resources_from_env(str(tmp_path / "art"), str(reg)), selection=[checkpoint.checkpoint])
+    assert result.success and len(calls) == 3
+    assert sum(e.event_type_value == "STEP_RESTARTED" for e in result.all_events) == 2
