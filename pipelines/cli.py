@@ -66,6 +66,10 @@ def cmd_query(args) -> int:
 
     from pipelines.definitions import resources_from_env
 
+    from cliplab.errors import CliplabError
+
+    if args.limit < 0:
+        raise CliplabError(f"--limit must be >= 0, got {args.limit}")
     store = resources_from_env(args.artifacts)["store"]
     lf = store.scan(args.asset)
     if args.model:

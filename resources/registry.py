@@ -323,7 +323,8 @@ def remove_model_entry(path: str | Path, key: str) -> None:
         where = "a built-in" if key in BUILTIN_MODELS else f"not in {path}"
         raise CliplabError(f"model {key!r} is {where}: nothing to remove from the registry")
     nxt = re.compile(r"^\s*\[", re.M).search(text, match.end())
-    new = text[:match.start()] + (text[nxt.start():] if nxt else "")
+    head = text[:match.start()]
+    new = head + text[nxt.start():] if nxt else (head.rstrip("\n") + "\n" if head.strip() else "")
     tomllib.loads(new)
     _replace_text(path, new)
 

@@ -149,6 +149,7 @@ class ArtifactStore(ConfigurableResource):
 
     def scan(self, asset: str) -> pl.LazyFrame:
         """Every materialised partition of `asset`, with its hive keys as columns."""
+        validate_key(asset.replace("_", "-"), "asset name")  # never a path out of the root ("../../x")
         fs, base = self._fs()
         root = f"{base.rstrip('/')}/{asset}"
         if fs.get_file_info(root).type != pafs.FileType.Directory:

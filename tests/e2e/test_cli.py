@@ -215,3 +215,10 @@ def test_partitions_rm_removes_what_the_ui_cannot(ran, tmp_path):
 
     db = lancedb.connect(str(tmp_path / "art/lancedb"))
     assert all(db.open_table(t).count_rows("model = 'toy-vit.s0'") == 0 for t in db.list_tables().tables)
+
+
+@pytest.mark.parametrize("argv, message", [(["query", "dataset_manifest", "--limit", "-1"], "--limit must be >= 0"),
+                                           (["query", "../../etc"], "invalid asset name")])
+def test_query_refuses_bad_arguments_in_one_line(tmp_path, argv, message):
+    out = subprocess.run([*CLI, *argv], cwd=REPO, env=env_for(tmp_path), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr

@@ -50,3 +50,11 @@ def test_missing_partition_and_bad_keys(tmp_path):
         store.scan("t")
     with pytest.raises(CliplabError, match="invalid model key"):
         store.write("t", pl.DataFrame({"x": [1]}), model="../etc", dataset="d")
+
+
+def test_an_asset_name_cannot_leave_the_root(tmp_path):
+    store = ArtifactStore(root=str(tmp_path / "root"))
+    (tmp_path / "x").mkdir()
+    pl.DataFrame({"secret": [1]}).write_parquet(tmp_path / "x" / "part-0.parquet")
+    with pytest.raises(CliplabError, match="invalid asset name"):
+        store.scan("../x")
