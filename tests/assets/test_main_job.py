@@ -45,6 +45,11 @@ def test_every_asset_check_runs_and_passes_on_the_toy_partition(quick_root):
                           ("patch_features", "unit_norm"), ("class_text_embeddings", "finite"),
                           ("class_text_embeddings", "unit_norm"), ("head_contributions", "parts_sum_to_embedding"),
                           ("mi_curves", "mi_curve_sentinel_and_bounds")}
+    # the quick toy CLIP is barely trained: above_chance must say what its predictions say
+    root, _, _ = quick_root
+    preds = pl.read_parquet(root / "zero_shot_predictions" / PART)
+    chance = 1 / pl.read_parquet(root / "class_text_embeddings" / PART).height
+    assert names.pop(("zero_shot_predictions", "above_chance")) == (preds["correct"].mean() > chance)
     assert all(names.values()), names
 
 
