@@ -51,3 +51,29 @@ class Progress:
 
     def close(self) -> None:
         self.bar.close()
+
+
+PREVIEW_ROWS = 20
+
+
+def table_metadata(path: str) -> dict:
+    """A written Parquet partition described for the UI: its path, row count, column schema and, for a small table of
+    plain columns, the rows themselves (read from the file's footer; the rows only when small)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from dagster import TableColumn, TableRecord, TableSchema
+
+    meta: dict = {"path": MetadataValue.path(path)}
+    try:
+        schema = pq.read_schema(path)
+        rows = pq.read_metadata(path).num_rows
+    except (OSError, pa.ArrowInvalid):  # not a local file (an object-store root): the path alone
+        return meta
+    columns = [TableColumn(f.name, str(f.type)) for f in schema]
+    meta |= {"dagster/row_count": rows, "dagster/column_schema": TableSchema(columns=columns)}
+    plain = all(pa.types.is_integer(f.type) or pa.types.is_floating(f.type) or pa.types.is_boolean(f.type)
+                or pa.types.is_string(f.type) or pa.types.is_large_string(f.type) for f in schema)
+    if plain and 0 < rows <= PREVIEW_ROWS:
+        records = [TableRecord(r) for r in pq.read_table(path).to_pylist()]
+        meta["preview"] = MetadataValue.table(records, schema=TableSchema(columns=columns))
+    return meta

@@ -24,7 +24,6 @@ from resources.models import ModelZoo, download_pretrained, read_sidecar, save_c
 from resources.registry import validate_key
 from resources.store import ArtifactStore
 
-
 DOWNLOAD_RETRIES, DOWNLOAD_RETRY_SECONDS = 3, 30
 
 

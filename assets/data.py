@@ -5,6 +5,7 @@ from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataVa
 
 from assets import checks
 from assets._arrow import vectors
+from assets._report import table_metadata
 from assets.partitions import MODEL_CHECKPOINT, model_and_dataset, model_dataset
 from assets.toy.world import toyworld
 from cliplab.zeroshot import class_embeddings
@@ -33,7 +34,7 @@ def dataset_manifest(context: AssetExecutionContext, config: ManifestConfig, dat
         "classes": len(view.class_names),
         "templates": len(view.templates),
         "corrupt images skipped": MetadataValue.json([{"image_id": i, "reason": r} for i, r in view.corrupt]),
-        "path": MetadataValue.path(path),
+        **table_metadata(path),
     })
 
 
@@ -63,7 +64,7 @@ def class_text_embeddings(context: AssetExecutionContext, datasets: DatasetCatal
     stats.add(unit=weights.float().cpu().numpy())
     return MaterializeResult(check_results=stats.results("class_text_embeddings"), metadata={
         "dagster/row_count": k, "embedding dim": d, "templates per class": len(view.templates),
-        "path": MetadataValue.path(path), "lancedb table": f"{lance.uri}/class_text_embeddings",
+        **table_metadata(path), "lancedb table": f"{lance.uri}/class_text_embeddings",
     })
 
 

@@ -16,13 +16,12 @@ from dagster import (
     AssetOut,
     Config,
     MaterializeResult,
-    MetadataValue,
     multi_asset,
 )
 
 from assets import checks
 from assets._arrow import vectors
-from assets._report import Progress, png_metadata
+from assets._report import Progress, png_metadata, table_metadata
 from assets.data import class_text_embeddings, dataset_manifest, read_class_weights
 from assets.partitions import MODEL_CHECKPOINT, model_and_dataset, model_dataset
 from cliplab import plots
@@ -135,13 +134,13 @@ def image_encodings(context: AssetExecutionContext, config: EncodeConfig, datase
         yield MaterializeResult(asset_key="zero_shot_predictions", check_results=_selected(context, results), metadata={
             "dagster/row_count": progress.done, "top-1 accuracy": top1,
             "top-5 accuracy": top5_hits / max(1, progress.done), **throughput,
-            "path": MetadataValue.path(store.table_path("zero_shot_predictions", model=model, dataset=dataset)),
+            **table_metadata(store.table_path("zero_shot_predictions", model=model, dataset=dataset)),
             **png_metadata(plots.per_class_accuracy(list(names), per_class, f"{model} × {dataset}"),
                            store.figure_path("zero_shot_predictions", f"{model}__{dataset}.png"), "per-class accuracy"),
         })
     if "patch_features" in selected:
         meta = {"dagster/row_count": progress.done, **throughput,
-                "path": MetadataValue.path(store.table_path("patch_features", model=model, dataset=dataset))}
+                **table_metadata(store.table_path("patch_features", model=model, dataset=dataset))}
         if sample is not None:
             meta["grid"] = f"{sample[2][0]}x{sample[2][1]}"
             meta.update(png_metadata(plots.token_pca_overlay(_unnormalise(sample[0], m), sample[1], sample[2],

@@ -14,9 +14,6 @@ Random weights: speed does not depend on them. CUDA rows run in bf16 autocast fo
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,35 +22,16 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-CHILD = """
-import json, sys
-from dagster import DagsterInstance, materialize
+from _child import TOY_PARTITION, prepare_root, run_child  # noqa: E402
+
+CHILD = TOY_PARTITION + """
 from assets import data
 from assets.evaluation import saliency
-from assets.partitions import partition_key
-from pipelines.definitions import resources_from_env
-from resources.models import ModelZoo
-root = sys.argv[1]
-inst = DagsterInstance.ephemeral()
-inst.add_dynamic_partitions("model", ["toy-vit.s0"]); inst.add_dynamic_partitions("dataset", ["toyworld"])
-res = resources_from_env(root)
-res["zoo"] = ModelZoo(artifacts_root=root, device=sys.argv[2])
 r = materialize([data.dataset_manifest, data.class_text_embeddings, saliency.saliency_maps], instance=inst,
-                partition_key=partition_key("toy-vit.s0", "toyworld"), resources=res,
-                run_config={"ops": {"saliency_maps": {"config": {"batch_size": 64}}}})
+                partition_key=key, resources=res, run_config={"ops": {"saliency_maps": {"config": {"batch_size": 64}}}})
 meta = r.asset_materializations_for_node("saliency_maps")[0].metadata
 print(json.dumps({"images/s": meta["images/s"].value, "images": meta["images"].value}))
 """
-
-
-def run_child(root: Path, device: str) -> tuple[dict, float]:
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(root), device], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    if status != 0:
-        raise SystemExit(f"benchmark child failed (status {status})")
-    return json.loads(out.strip().splitlines()[-1]), usage.ru_maxrss / 1024
 
 
 def _encoder(arch: str, device: str):
@@ -130,7 +108,6 @@ def apgd_function(arch: str, batch: int, n_iter: int, device: str) -> float:
 
 def main() -> None:
     import torch
-    from patch_features import prepare_root
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="+", default=[2000, 8000])
@@ -139,7 +116,7 @@ def main() -> None:
     cpu = args.device == "cpu"
     rows = []
     for n in args.sizes:
-        result, rss = run_child(prepare_root(n), args.device)
+        result, rss = run_child(CHILD, str(prepare_root(n)), args.device)
         rows.append((f"saliency_maps asset, 3 methods, toy × toyworld ({n} images)", result["images/s"], rss))
     rows.append(("3 saliency methods, ViT-B/16 224 px, batch " + ("8" if cpu else "128"),
                  saliency_function("ViT-B-16", 8 if cpu else 128, args.device), float("nan")))

@@ -16,9 +16,7 @@ CUDA is used when available (--device to force).
 """
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -26,20 +24,12 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-ASSET = """
-import json, sys
-from dagster import DagsterInstance, materialize
+from _child import TOY_PARTITION, prepare_root, run_child  # noqa: E402
+
+ASSET = TOY_PARTITION + """
 from assets.heads import contributions as heads
-from assets.partitions import partition_key
-from pipelines.definitions import resources_from_env
-from resources.models import ModelZoo
-root = sys.argv[1]
-inst = DagsterInstance.ephemeral()
-inst.add_dynamic_partitions("model", ["toy-vit.s0"]); inst.add_dynamic_partitions("dataset", ["toyworld"])
-res = resources_from_env(root)
-res["zoo"] = ModelZoo(artifacts_root=root, device=sys.argv[2])
-r = materialize([heads.head_contributions], instance=inst, partition_key=partition_key("toy-vit.s0", "toyworld"),
-                resources=res, run_config={"ops": {"head_contributions": {"config": {"batch_size": 128}}}})
+r = materialize([heads.head_contributions], instance=inst, partition_key=key, resources=res,
+                run_config={"ops": {"head_contributions": {"config": {"batch_size": 128}}}})
 meta = r.asset_materializations_for_node("head_contributions")[0].metadata
 print(json.dumps({"images/s": meta["images/s"].value, "images": meta["images"].value,
                   "max_err": meta["max |Σ parts − e|"].value}))
@@ -94,21 +84,8 @@ print(json.dumps({"seconds": time.perf_counter() - t0}))
 """
 
 
-def run_child(code: str, *args: str) -> tuple[dict, float]:
-    """Run `code` in a fresh Python; (its last stdout line as JSON, its peak RSS in MiB)."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-c", code, *args], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    if status != 0:
-        raise SystemExit(f"benchmark child failed (status {status}): {code.splitlines()[1:4]}")
-    return json.loads(out.strip().splitlines()[-1]), usage.ru_maxrss / 1024
-
-
 def main() -> None:
     import torch
-    from patch_features import prepare_root
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--toy-images", type=int, default=2000)

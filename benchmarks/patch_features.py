@@ -10,68 +10,23 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
-CHILD = """
-import json, sys
-from dagster import DagsterInstance, materialize
+from _child import TOY_PARTITION, prepare_root, run_child  # noqa: E402
+
+CHILD = TOY_PARTITION + """
 from assets import data, encodings
-from assets.partitions import partition_key
-from pipelines.definitions import resources_from_env
-from resources.models import ModelZoo
-root = sys.argv[1]
-inst = DagsterInstance.ephemeral()
-inst.add_dynamic_partitions("model", ["toy-vit.s0"]); inst.add_dynamic_partitions("dataset", ["toyworld"])
-res = resources_from_env(root)
-res["zoo"] = ModelZoo(artifacts_root=root, device=sys.argv[2])
 r = materialize([data.dataset_manifest, data.class_text_embeddings, encodings.image_encodings], instance=inst,
-                partition_key=partition_key("toy-vit.s0", "toyworld"), resources=res,
-                run_config={"ops": {"image_encodings": {"config": {"batch_size": 128}}}})
+                partition_key=key, resources=res, run_config={"ops": {"image_encodings": {"config": {"batch_size": 128}}}})
 meta = {m.asset_key.path[-1]: m.metadata for m in r.asset_materializations_for_node("image_encodings")}["patch_features"]
 print(json.dumps({"images/s": meta["images/s"].value, "images": meta["images"].value}))
 """
-
-
-def prepare_root(n: int) -> Path:
-    """An artifact root with toyworld (n val images) and a toy CLIP checkpoint (random init: speed does not depend on weights)."""
-    import pyarrow.parquet  # noqa: F401  (imported before torch: keeps the parent light)
-
-    from cliplab.toy import toyworld
-    from cliplab.toy.clip import build_toy_clip
-    from resources.datasets import TOYWORLD_SCHEMA, toyworld_table
-    from resources.models import as_weights, save_checkpoint
-    from resources.store import ArtifactStore
-
-    root = Path(tempfile.mkdtemp(prefix=f"cliplab-bench-{n}-")) / "artifacts"
-    store = ArtifactStore(root=str(root))
-    with store.writer("toyworld", TOYWORLD_SCHEMA, split="val") as w:
-        for start in range(0, n, 1000):
-            w.write_table(toyworld_table(toyworld.generate(0, "val", min(1000, n - start), start=start), "val"))
-    import torch
-
-    torch.manual_seed(0)
-    save_checkpoint(as_weights(build_toy_clip(), "toy-vit"), root / "checkpoints" / "toy-vit.s0")
-    return root
-
-
-def run_child(root: Path, device: str) -> tuple[dict, float]:
-    """Materialise image_encodings in a fresh process; (its result, its peak RSS in MiB)."""
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(root), device], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    if status != 0:
-        raise SystemExit(f"benchmark child failed (status {status})")
-    return json.loads(out.strip().splitlines()[-1]), usage.ru_maxrss / 1024
 
 
 def vit_b16(n_images: int, batch: int, device: str) -> float:
@@ -110,7 +65,7 @@ def main() -> None:
     rows = []
     for n in args.sizes:
         root = prepare_root(n)
-        result, rss = run_child(root, args.device)
+        result, rss = run_child(CHILD, str(root), args.device)
         rows.append((f"toy-vit.s0 × toyworld ({n} images), asset", args.device, result["images/s"], rss))
     batch = 32 if args.device == "cpu" else 256
     rows.append((f"ViT-B/16 random init, 224 px, batch {batch}, function", args.device,

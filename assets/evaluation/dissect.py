@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from dagster import AssetExecutionContext, AssetKey, Config, MaterializeResult, MetadataValue, asset
 
 from assets._arrow import vectors
-from assets._report import Progress, png_metadata
+from assets._report import Progress, png_metadata, table_metadata
 from assets.evaluation._common import dataset_default, positive, subset
 from assets.evaluation.saliency import related_models
 from assets.partitions import MODEL_CHECKPOINT, model_and_dataset, model_dataset
@@ -96,7 +96,7 @@ def neuron_concepts(context: AssetExecutionContext, config: DissectConfig, datas
         "concepts": len(concepts), "concept source": source, "probe": probe_key, "top_k": config.top_k,
         "distinct best concepts": labels["concept"].n_unique(), "median best score": float(labels["score"].median()),
         "top neurons": MetadataValue.md(plots.markdown_table(top)), "seed": config.seed, "images/s": round(rate, 2),
-        "device": m.device, "path": MetadataValue.path(path), "lancedb table": f"{lance.uri}/{TABLE}",
+        "device": m.device, **table_metadata(path), "lancedb table": f"{lance.uri}/{TABLE}",
         **png_metadata(figure, store.figure_path(TABLE, f"{model}__{dataset}.png"), "best scores"),
     })
 

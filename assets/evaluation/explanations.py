@@ -11,7 +11,7 @@ import pyarrow as pa
 import torch
 from dagster import AssetExecutionContext, AssetKey, Config, MaterializeResult, MetadataValue, asset
 
-from assets._report import Progress, png_metadata
+from assets._report import Progress, png_metadata, table_metadata
 from assets.evaluation._common import (
     applicable_methods,
     check_target,
@@ -86,6 +86,6 @@ def explanation_robustness(context: AssetExecutionContext, config: ExplanationRo
         "dagster/row_count": table.num_rows, "images": summaries[methods[0]].n, "methods": methods,
         "skipped methods": skipped, "sigmas (1/255)": list(config.sigmas), "seed": config.seed,
         "SSIM at s = 4/255": MetadataValue.json({m: round(v, 4) for m, v in at4.items()}),
-        "path": MetadataValue.path(path),
+        **table_metadata(path),
         **png_metadata(figure, store.figure_path("explanation_robustness", f"{model}__{dataset}.png"), "SSIM vs noise"),
     })

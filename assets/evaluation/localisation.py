@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 from dagster import AssetExecutionContext, AssetKey, Config, MaterializeResult, MetadataValue, asset
 
+from assets._report import table_metadata
 from assets.partitions import model_and_dataset, model_dataset
 from cliplab.errors import CliplabError
 from cliplab.evaluation.localisation import METRIC_DIRECTION, TORCHRAY_TOLERANCE, LocalisationAccumulator
@@ -48,7 +49,7 @@ def localisation_eval(context: AssetExecutionContext, config: LocalisationConfig
     if masks_of is None:
         store.write("localisation_eval", SCHEMA.empty_table(), model=model, dataset=dataset)
         context.log.warning(f"dataset {dataset!r} has no masks: nothing to localise against")
-        return MaterializeResult(metadata={"dagster/row_count": 0, "path": MetadataValue.path(path), "note": MetadataValue.md(
+        return MaterializeResult(metadata={"dagster/row_count": 0, **table_metadata(path), "note": MetadataValue.md(
             f"`{dataset}` has no ground-truth masks: add a `masks` folder to its registry entry (one PNG per image)")})
     acc: dict[str, LocalisationAccumulator] = {}
     for batch in batches:
@@ -74,5 +75,5 @@ def localisation_eval(context: AssetExecutionContext, config: LocalisationConfig
     return MaterializeResult(metadata={
         "dagster/row_count": len(results), "images": max((r["n_images"] for r in results.values()), default=0),
         "empty masks excluded": n_empty, "tolerance (px)": config.tolerance, "ap average": config.ap_average,
-        "metrics": MetadataValue.md("\n".join(lines)), "path": MetadataValue.path(path),
+        "metrics": MetadataValue.md("\n".join(lines)), **table_metadata(path),
     })

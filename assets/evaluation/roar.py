@@ -22,7 +22,7 @@ import pyarrow as pa
 import torch
 from dagster import AssetExecutionContext, AssetKey, Config, MaterializeResult, MetadataValue, asset
 
-from assets._report import Progress, png_metadata
+from assets._report import Progress, png_metadata, table_metadata
 from assets.evaluation._common import PixelModel, applicable_methods, dataset_default, pixel_model, positive, subset
 from assets.partitions import MODEL_CHECKPOINT, model_and_dataset, model_dataset
 from cliplab import plots
@@ -100,7 +100,7 @@ def roar(context: AssetExecutionContext, config: RoarConfig, datasets: DatasetCa
         "methods": methods, "skipped methods": skipped, "fractions": fractions,
         "fill (per-channel train mean)": [round(v, 4) for v in fill.tolist()], "seed": config.seed, "device": pm.device,
         "images/s (maps)": round(maps_rate, 2), "probe seconds": round(probe_seconds, 1),
-        "path": MetadataValue.path(path),
+        **table_metadata(path),
         **png_metadata(figure, store.figure_path("roar", f"{model}__{dataset}.png"), "ROAR curves"),
     })
 

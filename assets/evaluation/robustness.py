@@ -17,7 +17,7 @@ import pyarrow as pa
 import torch
 from dagster import AssetExecutionContext, AssetKey, Config, MaterializeResult, MetadataValue, asset
 
-from assets._report import Progress, png_metadata
+from assets._report import Progress, png_metadata, table_metadata
 from assets.evaluation._common import dataset_default, pixel_model, positive, subset
 from assets.partitions import MODEL_CHECKPOINT, model_and_dataset, model_dataset
 from cliplab import plots
@@ -92,7 +92,7 @@ def zero_shot_robustness(context: AssetExecutionContext, config: RobustnessConfi
         "skipped attacks": MetadataValue.md(skip_note), "n_iter": config.n_iter,
         "targets per point": min(config.n_target_classes, n_classes - 1) if "apgd-t" in attacks else 0,
         "batch_size": config.batch_size, "seed": config.seed, "device": pm.device,
-        "images/s": round(rate, 3), "seconds": round(seconds, 1), "path": MetadataValue.path(path),
+        "images/s": round(rate, 3), "seconds": round(seconds, 1), **table_metadata(path),
         **png_metadata(figure, store.figure_path("zero_shot_robustness", f"{model}__{dataset}.png"), "accuracy vs eps"),
     })
 

@@ -12,10 +12,10 @@ from typing import Optional
 import numpy as np
 import polars as pl
 import pyarrow as pa
-from dagster import AssetExecutionContext, AssetKey, Config, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, AssetKey, Config, MaterializeResult, asset
 
 from assets._arrow import vectors
-from assets._report import Progress, png_metadata
+from assets._report import Progress, png_metadata, table_metadata
 from assets.evaluation._common import applicable_methods, check_target, pixel_model, positive, subset, target_classes
 from assets.partitions import MODEL_CHECKPOINT, model_and_dataset, model_dataset
 from cliplab import plots
@@ -98,7 +98,7 @@ def saliency_maps(context: AssetExecutionContext, config: SaliencyConfig, datase
         "images": progress.done, "methods": methods, "skipped methods": skipped, "target": config.target,
         "map size": f"{h}x{w}", "downsampled copy": f"{small}x{small}" if small else "none",
         "images/s": round(progress.rate, 2), "device": pm.device, "seed": config.seed,
-        "path": MetadataValue.path(store.table_path("saliency_maps", model=model, dataset=dataset)),
+        **table_metadata(store.table_path("saliency_maps", model=model, dataset=dataset)),
         **figure,
     })
 

@@ -10,7 +10,7 @@ changes (with the `evaluation_automation` sensor, on by default under `cliplab u
 import polars as pl
 from dagster import AssetExecutionContext, AssetKey, AutomationCondition, MaterializeResult, MetadataValue, asset
 
-from assets._report import png_metadata
+from assets._report import png_metadata, table_metadata
 from cliplab import plots
 from cliplab.errors import CliplabError
 from resources.store import ArtifactStore
@@ -105,7 +105,7 @@ def evaluation_table(context: AssetExecutionContext, store: ArtifactStore) -> Ma
     side = summary(table)
     context.log.info(f"evaluation_table: {table.height} values for {side.height} (model, dataset) pairs")
     meta = {"dagster/row_count": table.height, "models": sorted(set(table["model"])), "datasets": sorted(set(table["dataset"])),
-            "path": MetadataValue.path(path),
+            **table_metadata(path),
             "side by side": MetadataValue.md(plots.markdown_table(side) if side.height else "no evaluations materialised yet")}
     if side.height:
         meta.update(png_metadata(plots.metric_bars(side), store.figure_path("evaluation_table.png"), "models side by side"))

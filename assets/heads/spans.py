@@ -21,7 +21,7 @@ from dagster import (
     asset,
 )
 
-from assets._report import png_metadata
+from assets._report import png_metadata, table_metadata
 from assets.data import read_class_weights
 from assets.partitions import MODEL_CHECKPOINT, model_and_dataset, model_dataset
 from cliplab.errors import CliplabError
@@ -160,7 +160,7 @@ def head_spans(context: AssetExecutionContext, config: SpanConfig, store: Artifa
         "top-5 texts (first bank)": MetadataValue.md(_md(
             spans.filter((pl.col("bank") == banks[0]) & (pl.col("rank") < 5))
             .group_by("layer", "head", maintain_order=True).agg(pl.col("text").str.join(" · ")))),
-        "path": MetadataValue.path(path),
+        **table_metadata(path),
         "replacement path": MetadataValue.path(store.table_path("head_span_replacement", model=model, dataset=dataset)),
     }
     families = spans.filter((pl.col("family") != "") & (pl.col("rank") < 5))
@@ -221,7 +221,7 @@ def head_labels(context: AssetExecutionContext, config: LabelConfig, store: Arti
     path = store.write("head_labels", table, model=model, dataset=dataset)
     meta = {"dagster/row_count": len(table), "labeler": labeler.name, "threshold": config.threshold,
             "labels": MetadataValue.md(_md(table.select("bank", "layer", "head", "label", "n_matches"))),
-            "path": MetadataValue.path(path)}
+            **table_metadata(path)}
     truth = family_agreement(table, TOYWORLD_FAMILY_LABELS)
     if truth is not None:
         meta["label agrees with the majority family of the top texts"] = truth["agreement"]
@@ -271,7 +271,7 @@ def head_scores(context: AssetExecutionContext, config: ScoreConfig, store: Arti
     table = pl.DataFrame(rows, schema_overrides={"n_heads": pl.Int32, "distinct_labels": pl.Int32})
     path = store.write("head_scores", table, model=model, dataset=dataset)
     return MaterializeResult(metadata={"dagster/row_count": len(table), "scores": MetadataValue.md(_md(table)),
-                                       "path": MetadataValue.path(path)})
+                                       **table_metadata(path)})
 
 
 # Published (Madasu et al., CLIP-InterpreT, Tables 1–2; ../shared/methods/head-spans.md §3): labels by
@@ -299,4 +299,4 @@ def head_score_table(context: AssetExecutionContext, store: ArtifactStore) -> Ma
     table = pl.concat([ours.select(published.columns), published]).sort("source", "model", "dataset", "bank")
     path = store.write("head_score_table", table)
     return MaterializeResult(metadata={"dagster/row_count": len(table), "partitions": ours.select("model", "dataset").n_unique(),
-                                       "table": MetadataValue.md(_md(table)), "path": MetadataValue.path(path)})
+                                       "table": MetadataValue.md(_md(table)), **table_metadata(path)})

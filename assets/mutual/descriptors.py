@@ -7,6 +7,7 @@ import pyarrow as pa
 from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
 
 from assets._arrow import vectors
+from assets._report import table_metadata
 from assets.partitions import MODEL_CHECKPOINT, model_and_dataset, model_dataset
 from cliplab.errors import CliplabError
 from cliplab.mutual.descriptors import descriptor_bank
@@ -118,4 +119,4 @@ def class_descriptors(context: AssetExecutionContext, config: ClassDescriptorCon
     }, schema=CLASS_DESCRIPTOR_SCHEMA)
     path = store.write("class_descriptors", table, model=model, dataset=dataset)
     return MaterializeResult(metadata={"dagster/row_count": len(table), "u": u, "template": config.template,
-                                       "classes": k, "path": MetadataValue.path(path)})
+                                       "classes": k, **table_metadata(path)})

@@ -14,7 +14,7 @@ from dagster import (
     asset,
 )
 
-from assets._report import Progress, png_metadata
+from assets._report import Progress, png_metadata, table_metadata
 from assets.data import read_class_weights
 from assets.mutual.concepts import patch_grid
 from assets.mutual.knowledge import (
@@ -149,7 +149,7 @@ def concept_eval(context: AssetExecutionContext, config: ConceptEvalConfig, data
         meta[f"assignment entropy OT / no OT ({branch})"] = f"{np.mean(entropy[True]):.3f} / {np.mean(entropy[False]):.3f}"
     df = pl.DataFrame(table)
     path = store.write("concept_eval", df, model=model, dataset=dataset)
-    meta |= {"dagster/row_count": len(df), "path": MetadataValue.path(path),
+    meta |= {"dagster/row_count": len(df), **table_metadata(path),
              "table": MetadataValue.md(plots.markdown_table(df.drop("deletion_curve", "insertion_curve",
                                                                      "deletion_accuracy", "insertion_accuracy")))}
     meta |= png_metadata(plots.deletion_insertion(curves, f"concept deletion / insertion: {model} × {dataset}"),
@@ -216,5 +216,5 @@ def descriptor_zero_shot(context: AssetExecutionContext, config: DescriptorZeroS
     context.log.info(f"descriptor zero-shot {model} × {dataset}: plain top-1 {plain:.4f}, with mined concepts {augmented:.4f}")
     return MaterializeResult(metadata={"plain top-1": plain, "augmented top-1": augmented, "gain": augmented - plain,
                                        "test images": len(test), "added descriptors": len(added), "prompt": config.template,
-                                       "path": MetadataValue.path(path),
+                                       **table_metadata(path),
                                        "added (first 20)": MetadataValue.json(added.head(20).to_dicts())})

@@ -23,7 +23,7 @@ from dagster import (
 
 from assets import checks
 from assets._arrow import vectors
-from assets._report import Progress, png_metadata
+from assets._report import Progress, png_metadata, table_metadata
 from assets.mutual.concepts import patch_grid
 from assets.partitions import MODEL_CHECKPOINT, model_and_dataset, model_dataset
 from cliplab import plots
@@ -324,7 +324,7 @@ def mi_curves(context: AssetExecutionContext, config: MIConfig, store: ArtifactS
     path = store.write("mi_curves", table, model=model, dataset=dataset)
     per_class = class_curves(pl.from_arrow(table))
     store.write("mi_class_curves", per_class, model=model, dataset=dataset)
-    meta = {"dagster/row_count": len(table), "path": MetadataValue.path(path), "u": u, "D_ŷ of": config.target,
+    meta = {"dagster/row_count": len(table), **table_metadata(path), "u": u, "D_ŷ of": config.target,
             "MI convention": config.convention, "AUC": config.auc}
     for branch in BRANCHES:
         curves = [np.array(c) for c in pl.from_arrow(table).filter(pl.col("branch") == branch)["curve"].to_list()]

@@ -148,3 +148,16 @@ def test_checkpoint_sidecar(quick_root):
 
     model = open_clip.create_model(f"local-dir:{root / 'checkpoints/toy-vit.s0'}")
     assert model.visual.transformer.resblocks[0].attn.num_heads == 4
+
+
+def test_tables_are_described_for_the_ui(quick_root):
+    """Row count and column schema from the written file; small plain tables also as a preview."""
+    root, _, result = quick_root
+    feats = result.asset_materializations_for_node("image_encodings")
+    meta = {m.asset_key.path[-1]: m.metadata for m in feats}["patch_features"]
+    columns = [c.name for c in meta["dagster/column_schema"].schema.columns]
+    assert columns == pq.read_schema(root / "patch_features" / PART).names and "embedding" in columns
+    assert meta["dagster/row_count"].value == pq.read_metadata(root / "patch_features" / PART).num_rows
+    loc = result.asset_materializations_for_node("localisation_eval")[0].metadata
+    records = loc["preview"].value.records  # one row per saliency method: shown as a table
+    assert sorted(r.data["method"] for r in records) == ["grad_cam", "grad_eclip", "simple_gradient"]

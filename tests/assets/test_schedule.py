@@ -2,11 +2,7 @@
 
 import shutil
 
-from dagster import (
-    DagsterInstance,
-    DagsterRunStatus,
-    build_schedule_context,
-)
+from dagster import DagsterRunStatus, build_schedule_context, instance_for_test
 
 from assets.partitions import partition_key
 from pipelines.definitions import defs, resources_from_env
@@ -19,7 +15,12 @@ def test_backfills_stale_and_missing_pairs_and_backs_off_failures(quick_root, tm
     root = tmp_path / "artifacts"
     shutil.copytree(src, root)  # every asset of the quick toy partition on disk
     res = resources_from_env(str(root))
-    instance = DagsterInstance.ephemeral()
+    with instance_for_test() as instance:  # a schedule context needs an instance it can reference
+        _check(quick_root, root, res, instance)
+
+
+def _check(quick_root, root, res, instance):
+    src, _, _ = quick_root
     graph = defs.resolve_asset_graph()
     assert materialise(instance, "toy-vit.s0", "toyworld", res, analyses=False).success
     instance.add_dynamic_partitions("model", ["toy-vit.s5"])  # no weights: not the schedule's (the sensor's) job

@@ -144,8 +144,10 @@ def test_one_environment_for_cli_ui_and_scripts(tmp_path, monkeypatch):
     (repo / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     (tmp_path / "checkout" / "shared" / "data" / "text-banks").mkdir(parents=True)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("DAGSTER_HOME", raising=False)
-    monkeypatch.delenv("CLIPLAB_REFERENCE_DIR", raising=False)
+    # prepare_environment writes os.environ itself: the whole mapping is restored after the test
+    monkeypatch.setattr(os, "environ", os.environ.copy())
+    os.environ.pop("DAGSTER_HOME", None)
+    os.environ.pop("CLIPLAB_REFERENCE_DIR", None)
     env = prepare_environment(repo)
     assert env == {"DAGSTER_HOME": str(tmp_path / ".dagster_home"),
                    "CLIPLAB_REFERENCE_DIR": str(tmp_path / "checkout" / "shared" / "data")}
