@@ -64,9 +64,8 @@ def root_cause(error) -> str:
 def cmd_query(args) -> int:
     import polars as pl
 
-    from pipelines.definitions import resources_from_env
-
     from cliplab.errors import CliplabError
+    from pipelines.definitions import resources_from_env
 
     if args.limit < 0:
         raise CliplabError(f"--limit must be >= 0, got {args.limit}")
