@@ -17,6 +17,7 @@ from dagster import (
 from assets.partitions import dataset_partitions, model_partitions, partition_key
 from cliplab.errors import CliplabError
 from pipelines.jobs import checkpoint_job, main_job
+from pipelines.status import partition_status
 from resources.datasets import DatasetCatalog
 from resources.models import ModelZoo
 from resources.registry import BUILTIN_MODELS, TOY_MODEL_KEY
@@ -29,8 +30,9 @@ def registry_sensor(context: SensorEvaluationContext, zoo: ModelZoo, datasets: D
     """Adds the registry file's models, checkpoints dropped into CLIPLAB_CHECKPOINT_DIR, the pipeline's own checkpoint
     folders and the registry's datasets as partitions (the built-in toy AFT variants only once trained: training
     them is asked for with `cliplab run`). Requests a `checkpoints` run for each model without weights whose base
-    (if any) has them, and one `main` run per (model, dataset) pair once the model has weights. An entry that cannot work here (invalid, missing file, weights neither cached nor
-    downloadable) is reported in the tick's log and gets no run. Run keys carry the entry's content (a fixed entry
+    (if any) has them, and one `main` run per (model, dataset) pair once the model has weights, unless every asset
+    of `main` is already materialised and fresh for it (a `cliplab run` did it). An entry that cannot work here
+    (invalid, missing file, weights neither cached nor downloadable) is reported in the tick's log and gets no run. Run keys carry the entry's content (a fixed entry
     is tried again) and the checkpoint's materialisation (new weights under a key are analysed again)."""
     problems: dict[str, str] = {}
     try:
@@ -46,13 +48,18 @@ def registry_sensor(context: SensorEvaluationContext, zoo: ModelZoo, datasets: D
     def has_weights(m: str) -> bool:
         return zoo.has_checkpoint(m) or (m in verified and zoo.spec(m).kind == "open_clip")
 
+    graph = context.repository_def.asset_graph
+    analysed = [m for m in models if m in have_m and has_weights(m)]
+    pending = {(r["model"], r["dataset"]) for r in partition_status(
+        context.instance, graph, analysed, [d for d in sets if d in have_d], list(main_job.selection.resolve(graph)))
+        if r["status"] != "materialised"} if analysed else set()
     runs = []
     for m in models:
         spec = zoo.spec(m)
         if has_weights(m):
             version = _checkpoint_version(context.instance, m)
             runs += [RunRequest(run_key=f"{d}|{m}|{version}", job_name=main_job.name, partition_key=partition_key(m, d))
-                     for d in sets]
+                     for d in sets if m not in have_m or d not in have_d or (m, d) in pending]
         elif not spec.base or has_weights(spec.base):
             if why := zoo.preflight(m):
                 problems[m] = why

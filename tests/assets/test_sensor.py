@@ -150,3 +150,14 @@ def test_checkpoints_dropped_into_the_watched_folder_become_models(tmp_path, mon
     assert zoo.weights("toy-folder").arch == "toy-vit"  # verified load of the folder
     (watch / "b32.json").write_text(json.dumps({"arch": "ViT-B-32-quickgelu"}))
     assert zoo.spec("b32").arch == "ViT-B-32-quickgelu"
+
+
+def test_a_pair_already_analysed_gets_no_second_main_run(quick_root):
+    """After `cliplab run` (quick_root: every asset of `main` for toy-vit.s0 × toyworld), the sensor leaves it alone."""
+    from pipelines.definitions import resources_from_env
+
+    root, instance, _ = quick_root
+    res = resources_from_env(str(root))
+    result = registry_sensor(build_sensor_context(instance=instance, resources={"zoo": res["zoo"], "datasets": res["datasets"]},
+                                                  definitions=defs))
+    assert ("main", "toyworld|toy-vit.s0") not in {(r.job_name, r.partition_key) for r in result.run_requests}
