@@ -59,7 +59,7 @@ def partition_status(instance: DagsterInstance, graph, models: list[str] | None 
             parents = [latest[p].get(pk) for p in node.parent_keys if p in latest]
             if AssetKey("checkpoint") in node.parent_keys:
                 parents.append(checkpoints.get(m))
-            code = record.asset_materialization.tags.get("dagster/code_version") if record.asset_materialization else None
+            code = (record.asset_materialization.tags or {}).get("dagster/code_version") if record.asset_materialization else None
             stale = any(p is not None and p.storage_id > own for p in parents) or (
                 node.code_version is not None and code is not None and code != node.code_version)
             state = "failed" if failed.get(pk) == AssetPartitionStatus.FAILED else "stale" if stale else "materialised"

@@ -2,7 +2,7 @@
 
 import shutil
 
-from dagster import DagsterRunStatus, build_schedule_context, instance_for_test
+from dagster import AssetMaterialization, DagsterRunStatus, build_schedule_context, instance_for_test
 
 from assets.partitions import partition_key
 from pipelines.definitions import defs, resources_from_env
@@ -45,7 +45,13 @@ def _check(quick_root, root, res, instance):
     again, _ = backfill_requests(instance, graph, res["zoo"], now=end + RETRY_BASE_SECONDS + 1)
     assert [r.partition_key for r in again] == [key]
 
-    # quick_root's instance holds the whole main job for the pair: fresh, nothing to request (read only)
-    _, materialised, _ = quick_root
-    fresh, _ = backfill_requests(materialised, graph, resources_from_env(str(src))["zoo"])
-    assert key not in [r.partition_key for r in fresh]
+    # every asset of `main` materialised for the pair, parents first: fresh, nothing to request; then new weights
+    # under the key: stale, requested
+    main_assets = set(defs.resolve_job_def("main").asset_layer.selected_asset_keys)
+    for asset in graph.toposorted_asset_keys:
+        if asset in main_assets and graph.get(asset).partitions_def is not None:
+            instance.report_runless_asset_event(AssetMaterialization(asset, partition=str(key)))
+    assert backfill_requests(instance, graph, res["zoo"], now=end + RETRY_BASE_SECONDS + 1)[0] == []
+    instance.report_runless_asset_event(AssetMaterialization("checkpoint", partition="toy-vit.s0"))
+    stale, _ = backfill_requests(instance, graph, res["zoo"], now=end + RETRY_BASE_SECONDS + 1)
+    assert [r.partition_key for r in stale] == [key] and stale[0].tags["cliplab/backfill"] == "stale"
