@@ -22,7 +22,7 @@ from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES
 
 from assets.partitions import dataset_partitions, model_partitions, partition_key
 from pipelines.jobs import main_job
-from pipelines.status import partition_status
+from pipelines.status import pending_main_pairs
 from resources.models import ModelZoo
 
 BACKFILL_CRON = os.environ.get("CLIPLAB_BACKFILL_CRON", "0 3 * * *")
@@ -50,11 +50,7 @@ def backfill_requests(instance, graph, zoo: ModelZoo, now: float | None = None) 
     models = [m for m in instance.get_dynamic_partitions(model_partitions.name)
               if m in verified or zoo.has_checkpoint(m)]
     datasets = instance.get_dynamic_partitions(dataset_partitions.name)
-    assets = [k for k in main_job.selection.resolve(graph)]
-    pending: dict[tuple[str, str], set[str]] = {}
-    for row in partition_status(instance, graph, models, datasets, assets):
-        if row["status"] != "materialised":
-            pending.setdefault((row["model"], row["dataset"]), set()).add(row["status"])
+    pending = pending_main_pairs(instance, graph, models, datasets)
     requests, skipped = [], []
     for (model, dataset), states in sorted(pending.items()):
         key = partition_key(model, dataset)

@@ -17,7 +17,7 @@ from dagster import (
 from assets.partitions import dataset_partitions, model_partitions, partition_key
 from cliplab.errors import CliplabError
 from pipelines.jobs import checkpoint_job, main_job
-from pipelines.status import partition_status
+from pipelines.status import pending_main_pairs
 from resources.datasets import DatasetCatalog
 from resources.models import ModelZoo
 from resources.registry import BUILTIN_MODELS, TOY_MODEL_KEY
@@ -50,9 +50,7 @@ def registry_sensor(context: SensorEvaluationContext, zoo: ModelZoo, datasets: D
 
     graph = context.repository_def.asset_graph
     analysed = [m for m in models if m in have_m and has_weights(m)]
-    pending = {(r["model"], r["dataset"]) for r in partition_status(
-        context.instance, graph, analysed, [d for d in sets if d in have_d], list(main_job.selection.resolve(graph)))
-        if r["status"] != "materialised"} if analysed else set()
+    pending = pending_main_pairs(context.instance, graph, analysed, [d for d in sets if d in have_d])
     runs = []
     for m in models:
         spec = zoo.spec(m)

@@ -66,3 +66,17 @@ def partition_status(instance: DagsterInstance, graph, models: list[str] | None 
             rows.append({"model": m, "dataset": d, "asset": asset.to_user_string(), "status": state,
                          "materialised_at": record.timestamp})
     return rows
+
+
+def pending_main_pairs(instance: DagsterInstance, graph, models: list[str], datasets: list[str]) -> dict[tuple[str, str], set[str]]:
+    """(model, dataset) → the states (stale, failed, missing) of its `main` assets that are not materialised and fresh;
+    pairs with everything fresh are left out."""
+    from pipelines.jobs import main_job
+
+    pending: dict[tuple[str, str], set[str]] = {}
+    if not models or not datasets:
+        return pending
+    for row in partition_status(instance, graph, models, datasets, list(main_job.selection.resolve(graph))):
+        if row["status"] != "materialised":
+            pending.setdefault((row["model"], row["dataset"]), set()).add(row["status"])
+    return pending
