@@ -2,8 +2,9 @@
 
 import textwrap
 
-from dagster import DagsterInstance, build_sensor_context
+from dagster import AssetKey, AssetMaterialization, DagsterInstance, build_sensor_context
 
+from assets.partitions import partition_key
 from pipelines.definitions import defs
 from pipelines.sensors import registry_sensor
 from resources.datasets import DatasetCatalog
@@ -153,11 +154,29 @@ def test_checkpoints_dropped_into_the_watched_folder_become_models(tmp_path, mon
 
 
 def test_a_pair_already_analysed_gets_no_second_main_run(quick_root):
-    """After `cliplab run` (quick_root: every asset of `main` for toy-vit.s0 × toyworld), the sensor leaves it alone."""
+    """Every asset of `main` materialised and fresh for toy-vit.s0 × toyworld: the sensor leaves the pair alone; new
+    weights under the key make it stale and it is requested again. Its own instance: the shared quick instance is
+    re-materialised (and made to fail) by other tests."""
     from pipelines.definitions import resources_from_env
 
-    root, instance, _ = quick_root
+    root, _, _ = quick_root
     res = resources_from_env(str(root))
-    result = registry_sensor(build_sensor_context(instance=instance, resources={"zoo": res["zoo"], "datasets": res["datasets"]},
-                                                  definitions=defs))
-    assert ("main", "toyworld|toy-vit.s0") not in {(r.job_name, r.partition_key) for r in result.run_requests}
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("model", ["toy-vit.s0"])
+    instance.add_dynamic_partitions("dataset", ["toyworld"])
+    key = str(partition_key("toy-vit.s0", "toyworld"))
+    graph = defs.resolve_asset_graph()
+    main_assets = set(defs.resolve_job_def("main").asset_layer.selected_asset_keys)
+    instance.report_runless_asset_event(AssetMaterialization("checkpoint", partition="toy-vit.s0"))
+    for asset in graph.toposorted_asset_keys:
+        if asset in main_assets and graph.get(asset).partitions_def is not None and asset != AssetKey("checkpoint"):
+            instance.report_runless_asset_event(AssetMaterialization(asset, partition=key))
+
+    def main_requests():
+        result = registry_sensor(build_sensor_context(instance=instance, resources={"zoo": res["zoo"], "datasets": res["datasets"]},
+                                                      definitions=defs))
+        return {(r.job_name, r.partition_key) for r in result.run_requests if r.job_name == "main"}
+
+    assert ("main", key) not in main_requests()
+    instance.report_runless_asset_event(AssetMaterialization("checkpoint", partition="toy-vit.s0"))
+    assert ("main", key) in main_requests()
