@@ -2,24 +2,33 @@
 
 from __future__ import annotations
 
-import base64
+import hashlib
+import os
 import sys
 import time
 from pathlib import Path
 
 from dagster import MetadataValue
 
+FIGURE_URL_DEFAULT = "http://127.0.0.1:3001"
+
 
 def png_metadata(png: bytes, path: Path, title: str) -> dict:
-    """A PNG saved beside the artifacts and shown inline (Dagster has no image metadata type)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    tmp.write_bytes(png)
-    tmp.replace(path)
-    b64 = base64.b64encode(png).decode()
+    """A PNG saved beside the artifacts (`path`, under the root's `_figures/`, the latest one) and shown inline from
+    the figure server (`cliplab ui`, at $CLIPLAB_FIGURE_URL) by a content-addressed copy, so each materialisation in
+    the event log keeps its own picture and the log carries a URL, not the image."""
+    digest = hashlib.sha256(png).hexdigest()[:20]
+    figures = next((Path(*path.parts[: i + 1]) for i, part in enumerate(path.parts) if part == "_figures"), path.parent)
+    versioned = figures / "_sha256" / f"{digest}.png"
+    for target in (path, versioned):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(png)
+        tmp.replace(target)
+    url = f"{os.environ.get('CLIPLAB_FIGURE_URL', FIGURE_URL_DEFAULT).rstrip('/')}/_sha256/{digest}.png"
     return {
-        title: MetadataValue.md(f"![{title}](data:image/png;base64,{b64})"),
-        f"{title} (file)": MetadataValue.path(str(path)),
+        title: MetadataValue.md(f"![{title}]({url})"),
+        f"{title} (file)": MetadataValue.path(str(path.resolve())),
     }
 
 

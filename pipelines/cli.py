@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -83,13 +85,33 @@ def cmd_query(args) -> int:
 
 
 def cmd_ui(args) -> int:
+    from assets._report import FIGURE_URL_DEFAULT
+    from pipelines.figure_server import start_figure_server
+
     home = os.environ["DAGSTER_HOME"]
     # this interpreter's dagster, so the venv need not be on PATH (`dagster dev` starts its webserver, daemon and
     # code servers with sys.executable too)
     cmd = [sys.executable, "-m", "dagster", "dev", "-w", str(REPO / "workspace.yaml"), "-h", args.host, "-p", str(args.port)]
     print(f"cliplab: DAGSTER_HOME={home}; {' '.join(cmd)}")
     os.chdir(REPO)
-    os.execv(cmd[0], cmd)
+    url = os.environ.setdefault("CLIPLAB_FIGURE_URL", FIGURE_URL_DEFAULT)
+    figures = Path(os.environ.get("CLIPLAB_ARTIFACTS", "./artifacts")).resolve() / "_figures"
+    try:
+        server = start_figure_server(figures, url)
+        print(f"cliplab: figures from {figures} at {url}")
+    except OSError as e:  # the pictures stay files; the UI shows their paths
+        server = None
+        print(f"cliplab: cannot serve figures at {url} ({e.strerror}); set CLIPLAB_FIGURE_URL to a free port",
+              file=sys.stderr)
+    proc = subprocess.Popen(cmd)
+    signal.signal(signal.SIGTERM, lambda *_: proc.terminate())  # `kill <pid>` of cliplab stops dagster dev too
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:  # the terminal's Ctrl-C reached dagster dev too: let it shut its children down
+        return proc.wait()
+    finally:
+        if server is not None:
+            server.shutdown()
 
 
 def cmd_list(args) -> int:

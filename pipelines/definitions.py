@@ -7,6 +7,7 @@ import os
 from dagster import Definitions, in_process_executor
 
 from assets import checkpoint, data, encodings
+from assets.automation import operated
 from assets.evaluation import dissect, explanations, localisation, robustness, saliency, table
 from assets.evaluation import roar as roar_assets
 from assets.heads import contributions as heads
@@ -17,7 +18,7 @@ from assets.mutual import knowledge as mutual
 from assets.toy import world as toy
 from pipelines.jobs import JOBS
 from pipelines.schedules import backfill_schedule
-from pipelines.sensors import evaluation_automation, registry_sensor
+from pipelines.sensors import automation, registry_sensor
 from resources.datasets import DatasetCatalog
 from resources.labelers import HeadLabelers
 from resources.lance import LanceStore
@@ -46,7 +47,7 @@ def resources_from_env(root: str | None = None, registry: str | None = None) -> 
 
 
 defs = Definitions(
-    assets=[toy.toyworld, checkpoint.checkpoint, data.dataset_manifest, data.class_text_embeddings, encodings.image_encodings,
+    assets=operated([toy.toyworld, checkpoint.checkpoint, data.dataset_manifest, data.class_text_embeddings, encodings.image_encodings,
             concepts.prominent_patches, concepts.concept_clusters, descriptors.descriptor_embeddings,
             descriptors.class_descriptors, mutual.visual_concept_descriptors, mutual.mi_curves, mutual.mi_summary,
             mutual.model_comparison, evaluations.concept_eval, evaluations.descriptor_zero_shot,
@@ -54,9 +55,9 @@ defs = Definitions(
             head_spans.head_spans, head_spans.head_labels, head_spans.head_scores, head_spans.head_score_table,
             head_maps.head_analysis_examples, saliency.saliency_maps, localisation.localisation_eval,
             explanations.explanation_robustness, robustness.zero_shot_robustness, roar_assets.roar,
-            dissect.neuron_concepts, table.evaluation_table],
+            dissect.neuron_concepts, table.evaluation_table]),
     jobs=JOBS,
-    sensors=[registry_sensor, evaluation_automation],
+    sensors=[registry_sensor, automation],
     schedules=[backfill_schedule],
     resources=resources_from_env(),
     # One process per run, steps in sequence: the model (and, on a GPU, the CUDA context) is loaded once per run

@@ -30,8 +30,9 @@ def registry_sensor(context: SensorEvaluationContext, zoo: ModelZoo, datasets: D
     """Adds the registry file's models, checkpoints dropped into CLIPLAB_CHECKPOINT_DIR, the pipeline's own checkpoint
     folders and the registry's datasets as partitions (the built-in toy AFT variants only once trained: training
     them is asked for with `cliplab run`). Requests a `checkpoints` run for each model without weights whose base
-    (if any) has them, and one `main` run per (model, dataset) pair once the model has weights, unless every asset
-    of `main` is already materialised and fresh for it (a `cliplab run` did it). An entry that cannot work here
+    (if any) has them, and one `main` run per (model, dataset) pair once the model has weights and while an asset of
+    `main` is missing for it (stale partitions are re-run by their automation condition, failed ones by
+    `backfill_schedule` with backoff). An entry that cannot work here
     (invalid, missing file, weights neither cached nor downloadable) is reported in the tick's log and gets no run. Run keys carry the entry's content (a fixed entry
     is tried again) and the checkpoint's materialisation (new weights under a key are analysed again)."""
     problems: dict[str, str] = {}
@@ -57,7 +58,7 @@ def registry_sensor(context: SensorEvaluationContext, zoo: ModelZoo, datasets: D
         if has_weights(m):
             version = _checkpoint_version(context.instance, m)
             runs += [RunRequest(run_key=f"{d}|{m}|{version}", job_name=main_job.name, partition_key=partition_key(m, d))
-                     for d in sets if m not in have_m or d not in have_d or (m, d) in pending]
+                     for d in sets if m not in have_m or d not in have_d or "missing" in pending.get((m, d), ())]
         elif not spec.base or has_weights(spec.base):
             if why := zoo.preflight(m):
                 problems[m] = why
@@ -87,7 +88,6 @@ def _checkpoint_version(instance, model: str) -> str:
     return str(records[0].storage_id) if records else "0"
 
 
-# evaluation_table refreshes when any of its upstream partitions changes: this sensor (on by default with the daemon, i.e. `cliplab ui`) re-materialises it
-# whenever a partition of an evaluation, `mi_summary` or `head_span_replacement` changes.
-evaluation_automation = AutomationConditionSensorDefinition(
-    "evaluation_automation", target=AssetSelection.assets("evaluation_table"), default_status=DefaultSensorStatus.RUNNING)
+# Evaluates the automation conditions of assets/automation.py (on by default with the daemon, i.e. `cliplab ui`).
+automation = AutomationConditionSensorDefinition("automation", target=AssetSelection.all(),
+                                                 default_status=DefaultSensorStatus.RUNNING)

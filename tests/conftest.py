@@ -71,3 +71,25 @@ def trained_root(tmp_path_factory):
     result, instance, seconds = run_main(root, analysis_config=EVALUATION_IN_TESTS)
     assert result.success
     return root, instance, result, seconds
+
+
+def assert_figure(meta: dict, title: str) -> bytes:
+    """The picture `title` in materialisation metadata: a Markdown image served by URL from its content-addressed copy
+    (never base64 in the event log), whose digest is that of the PNG saved at `<title> (file)`. Returns the PNG."""
+    import hashlib
+    import re
+
+    from assets._report import FIGURE_URL_DEFAULT
+
+    def value(v):
+        return getattr(v, "value", v)
+
+    md, path = value(meta[title]), value(meta[f"{title} (file)"])
+    base = re.escape(os.environ.get("CLIPLAB_FIGURE_URL", FIGURE_URL_DEFAULT).rstrip("/"))
+    m = re.fullmatch(rf"!\[{re.escape(title)}\]\({base}/_sha256/([0-9a-f]{{20}})\.png\)", md)
+    assert m, md[:200]
+    png = Path(path).read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and hashlib.sha256(png).hexdigest()[:20] == m.group(1)
+    served = next(p for p in Path(path).parents if p.name == "_figures") / "_sha256" / f"{m.group(1)}.png"
+    assert served.read_bytes() == png
+    return png

@@ -4,11 +4,11 @@ Columns: model, dataset, metric, method (saliency method, attack, bank or branch
 1/255, or the number of texts k; null if none), value, direction (↑ higher is better / ↓), source (the asset).
 Accuracies are fractions everywhere. It reads whatever partitions are materialised, so a new model or dataset
 appears as soon as its evaluations exist; its automation condition re-materialises it when any upstream partition
-changes (with the `evaluation_automation` sensor, on by default under `cliplab ui`).
+changes (assets/automation.py REFRESH, with the `automation` sensor, on by default under `cliplab ui`).
 """
 
 import polars as pl
-from dagster import AssetExecutionContext, AssetKey, AutomationCondition, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, AssetKey, MaterializeResult, MetadataValue, asset
 
 from assets._report import png_metadata, table_metadata
 from cliplab import plots
@@ -92,12 +92,7 @@ def summary(table: pl.DataFrame) -> pl.DataFrame:
     return out
 
 
-# Not `eager()`: that waits until no upstream partition is missing, and some never exist (a ResNet has no head spans).
-REFRESH = (AutomationCondition.any_deps_updated() & ~AutomationCondition.any_deps_in_progress()
-           & ~AutomationCondition.in_progress())
-
-
-@asset(code_version="1", deps=[AssetKey(WRITER.get(s, s)) for s in SOURCES], group_name="evaluation", kinds={"parquet"}, automation_condition=REFRESH)
+@asset(code_version="1", deps=[AssetKey(WRITER.get(s, s)) for s in SOURCES], group_name="evaluation", kinds={"parquet"})
 def evaluation_table(context: AssetExecutionContext, store: ArtifactStore) -> MaterializeResult:
     """Every model × dataset × metric (accuracy, robustness, localisation, SSIM, ROAR, MI AUC, head spans) in one table."""
     table = collect_metrics(store)

@@ -7,6 +7,7 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 import torch
+from conftest import assert_figure
 
 from cliplab.toy import toyworld
 from resources.lance import LanceStore
@@ -117,9 +118,9 @@ def test_metadata_carries_pictures_and_counts(quick_root):
             for m in result.asset_materializations_for_node(node)}
     assert mats["patch_features"]["dagster/row_count"].value == 96
     assert mats["patch_features"]["images/s"].value > 0
-    assert mats["checkpoint"]["loss curve"].value.startswith("![loss curve](data:image/png;base64,")
-    assert mats["zero_shot_predictions"]["per-class accuracy"].value.startswith("![per-class accuracy](data:image/png;base64,")
-    assert mats["patch_features"]["token PCA"].value.startswith("![token PCA](data:image/png;base64,")
+    assert assert_figure(mats["checkpoint"], "loss curve")
+    assert assert_figure(mats["zero_shot_predictions"], "per-class accuracy")
+    assert assert_figure(mats["patch_features"], "token PCA")
 
 
 def test_rematerialising_replaces_the_partition(quick_root):

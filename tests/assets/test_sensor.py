@@ -2,7 +2,7 @@
 
 import textwrap
 
-from dagster import AssetKey, AssetMaterialization, DagsterInstance, build_sensor_context
+from dagster import AssetMaterialization, DagsterInstance, build_sensor_context, evaluate_automation_conditions
 
 from assets.partitions import partition_key
 from pipelines.definitions import defs
@@ -153,30 +153,47 @@ def test_checkpoints_dropped_into_the_watched_folder_become_models(tmp_path, mon
     assert zoo.spec("b32").arch == "ViT-B-32-quickgelu"
 
 
-def test_a_pair_already_analysed_gets_no_second_main_run(quick_root):
-    """Every asset of `main` materialised and fresh for toy-vit.s0 × toyworld: the sensor leaves the pair alone; new
-    weights under the key make it stale and it is requested again. Its own instance: the shared quick instance is
-    re-materialised (and made to fail) by other tests."""
+def test_an_analysed_pair_is_left_to_automation_which_reruns_it_on_new_weights(quick_root):
+    """Every asset of `main` materialised for toy-vit.s0 × toyworld (parents first): the sensor launches no second
+    `main` run and the automation conditions request nothing; new weights under the key: still no `main` run, and
+    the automation conditions request every analysis of the pair at once, partitions of other pairs untouched. Its
+    own instance: the shared quick instance is re-materialised (and made to fail) by other tests."""
     from pipelines.definitions import resources_from_env
 
     root, _, _ = quick_root
     res = resources_from_env(str(root))
     instance = DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions("model", ["toy-vit.s0"])
+    instance.add_dynamic_partitions("model", ["toy-vit.s0", "toy-vit.s1"])
     instance.add_dynamic_partitions("dataset", ["toyworld"])
-    key = str(partition_key("toy-vit.s0", "toyworld"))
     graph = defs.resolve_asset_graph()
     main_assets = set(defs.resolve_job_def("main").asset_layer.selected_asset_keys)
-    instance.report_runless_asset_event(AssetMaterialization("checkpoint", partition="toy-vit.s0"))
-    for asset in graph.toposorted_asset_keys:
-        if asset in main_assets and graph.get(asset).partitions_def is not None and asset != AssetKey("checkpoint"):
-            instance.report_runless_asset_event(AssetMaterialization(asset, partition=key))
+    partitioned = {a for a in main_assets if graph.get(a).partitions_def is not None}
+    instance.report_runless_asset_event(AssetMaterialization("toyworld"))
+    for model in ("toy-vit.s0", "toy-vit.s1"):
+        instance.report_runless_asset_event(AssetMaterialization("checkpoint", partition=model))
+        for asset in graph.toposorted_asset_keys:
+            if asset in main_assets:
+                partition = str(partition_key(model, "toyworld")) if asset in partitioned else None
+                instance.report_runless_asset_event(AssetMaterialization(asset, partition=partition))
+    key = str(partition_key("toy-vit.s0", "toyworld"))
 
     def main_requests():
         result = registry_sensor(build_sensor_context(instance=instance, resources={"zoo": res["zoo"], "datasets": res["datasets"]},
                                                       definitions=defs))
-        return {(r.job_name, r.partition_key) for r in result.run_requests if r.job_name == "main"}
+        return {r.partition_key for r in result.run_requests if r.job_name == "main"}
 
-    assert ("main", key) not in main_requests()
+    def automation_requests(cursor):
+        result = evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor)
+        return {(k, str(p) if p is not None else None) for k in graph.get_all_asset_keys()
+                for p in result.get_requested_partitions(k)}, result.cursor
+
+    assert key not in main_requests()
+    first, cursor = automation_requests(None)
+    quiet, cursor = automation_requests(cursor)
+    assert first == quiet == set()
     instance.report_runless_asset_event(AssetMaterialization("checkpoint", partition="toy-vit.s0"))
-    assert ("main", key) in main_requests()
+    assert key not in main_requests()
+    requested, cursor = automation_requests(cursor)
+    assert {k for k, p in requested if p == key} == partitioned
+    assert {p for _, p in requested} <= {key, None}  # toy-vit.s1's partitions are not stale
+    assert automation_requests(cursor)[0] == set()  # requested once, not again on the next tick

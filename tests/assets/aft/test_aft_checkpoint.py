@@ -9,6 +9,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 import torch
+from conftest import assert_figure
 from dagster import AssetKey, DagsterInstance
 
 from cliplab.errors import CliplabError
@@ -68,7 +69,7 @@ def test_aft_checkpoint_then_every_analysis_of_the_main_job(root, tmp_path):
     for name in ("clean top-1 before", "clean top-1 after", "attack distance before", "attack distance after"):
         assert 0 <= meta[name].value == side["metrics"][name] <= 2
     assert meta["eval images"].value == 96 and meta["training images/s"].value > 0
-    assert meta["loss curve"].value.startswith("![loss curve](data:image/png;base64,")
+    assert assert_figure(meta, "loss curve")
     assert not (root / "checkpoints" / ".training" / "toy-vit.s0.aft-t").exists()  # resume state cleared
     event = instance.get_latest_materialization_event(AssetKey("checkpoint"))
     assert event.asset_materialization.tags["dagster/data_version"] == side["sha256"]

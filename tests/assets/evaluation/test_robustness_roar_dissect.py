@@ -12,6 +12,7 @@ import polars as pl
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import assert_figure
 from dagster import DagsterInstance, materialize
 from PIL import Image
 
@@ -122,7 +123,7 @@ def test_robust_accuracy_is_autoattacks_sequence_on_the_same_subset(env, robust_
         assert got[0] >= got[1] >= got[2]  # each attack only removes points
     meta = metadata(robust_run, "zero_shot_robustness")
     assert meta["images"] == 32 and meta["targets per point"] == 3 and meta["skipped attacks"] == "none"
-    assert meta["accuracy vs eps"].startswith("![accuracy vs eps](data:image/png;base64,")
+    assert assert_figure(meta, "accuracy vs eps")
     assert "| apgd-ce+apgd-t |" in meta["accuracy"] and meta["images/s"] > 0
 
 
@@ -222,7 +223,7 @@ def test_dissect_labels_are_soft_wpmi_on_the_same_activations(env, dissect_run):
     assert (rows["probe"] == MODEL).all() and rows["concept"].to_list() == df["concept"].to_list()
     meta = metadata(dissect_run, "neuron_concepts")
     assert meta["concept source"] == "toyworld.phrase_bank" and meta["concepts"] == 150 and meta["images"] == 64
-    assert meta["best scores"].startswith("![best scores](data:image/png;base64,")
+    assert assert_figure(meta, "best scores")
 
 
 def test_search_neurons_returns_the_nearest_vectors(env, dissect_run):

@@ -6,6 +6,7 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
+from conftest import assert_figure
 from dagster import DagsterInstance, materialize
 
 from assets.evaluation import explanations, localisation, saliency
@@ -47,7 +48,7 @@ def test_saliency_maps_are_the_methods_on_the_stored_images(evaluated):
     assert df.schema["map"] == pl.Array(pl.Float16, 64 * 64) and "map_small" in df.columns  # 64 px > 56: a copy too
     assert len(df) == 40 * 3 and set(df["method"]) == set(SALIENCY_METHODS)
     meta = result.asset_materializations_for_node("saliency_maps")[0].metadata
-    assert meta["images"].value == 40 and meta["saliency maps"].value.startswith("![saliency maps](data:image/png;base64,")
+    assert meta["images"].value == 40 and assert_figure(meta, "saliency maps")
 
     # recompute every method on 8 of the stored images: equal to float16 rounding
     pm = pixel_model(res["zoo"], store, "toy-vit.s0", "toyworld")

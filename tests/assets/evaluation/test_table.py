@@ -4,6 +4,7 @@ import math
 
 import polars as pl
 import pytest
+from conftest import assert_figure
 from dagster import AssetMaterialization, AssetSelection, DagsterInstance, evaluate_automation_conditions, materialize
 
 from assets.evaluation.table import SUMMARY, collect_metrics, evaluation_table, summary
@@ -79,7 +80,7 @@ def test_the_asset_writes_the_table_and_a_side_by_side_picture(store, tmp_path):
     meta = result.asset_materializations_for_node("evaluation_table")[0].metadata
     assert meta["models"].value == ["toy-vit.s0", "toy-vit.s0.aft-e1"]
     assert "toy-vit.s0.aft-e1" in meta["side by side"].value
-    assert meta["models side by side"].value.startswith("![models side by side](data:image/png;base64,")
+    assert assert_figure(meta, "models side by side")
 
 
 def test_with_nothing_materialised_the_table_is_empty_not_an_error(tmp_path):
