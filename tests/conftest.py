@@ -73,7 +73,7 @@ def trained_root(tmp_path_factory):
     return root, instance, result, seconds
 
 
-def assert_figure(meta: dict, title: str) -> bytes:
+def _assert_figure(meta: dict, title: str) -> bytes:
     """The picture `title` in materialisation metadata: a Markdown image served by URL from its content-addressed copy
     (never base64 in the event log), whose digest is that of the PNG saved at `<title> (file)`. Returns the PNG."""
     import hashlib
@@ -93,3 +93,9 @@ def assert_figure(meta: dict, title: str) -> bytes:
     served = next(p for p in Path(path).parents if p.name == "_figures") / "_sha256" / f"{m.group(1)}.png"
     assert served.read_bytes() == png
     return png
+
+
+@pytest.fixture
+def assert_figure():
+    """_assert_figure, for tests (a fixture: the suite imports test modules by path, so conftest is no module)."""
+    return _assert_figure

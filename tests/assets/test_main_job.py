@@ -7,7 +7,6 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import assert_figure
 
 from cliplab.toy import toyworld
 from resources.lance import LanceStore
@@ -112,7 +111,7 @@ def test_patch_features_match_the_model(quick_root):
     np.testing.assert_allclose(np.stack(rows["embedding"].to_numpy()), f.embedding.numpy(), atol=1e-5)
 
 
-def test_metadata_carries_pictures_and_counts(quick_root):
+def test_metadata_carries_pictures_and_counts(quick_root, assert_figure):
     _, _, result = quick_root
     mats = {m.asset_key.path[-1]: m.metadata for node in ("checkpoint", "image_encodings", "toyworld")
             for m in result.asset_materializations_for_node(node)}

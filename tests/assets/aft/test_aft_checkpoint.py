@@ -9,7 +9,6 @@ from pathlib import Path
 import polars as pl
 import pytest
 import torch
-from conftest import assert_figure
 from dagster import AssetKey, DagsterInstance
 
 from cliplab.errors import CliplabError
@@ -48,7 +47,7 @@ def failure_message(outcome) -> str:
     return root_cause(failure.step_failure_data.error)
 
 
-def test_aft_checkpoint_then_every_analysis_of_the_main_job(root, tmp_path):
+def test_aft_checkpoint_then_every_analysis_of_the_main_job(root, tmp_path, assert_figure):
     """An AFT partition trains from its base's checkpoint, saves a loadable open_clip folder with the base's text
     tower, and every analysis of the main job completes for it."""
     reg = registry(tmp_path, AFT)

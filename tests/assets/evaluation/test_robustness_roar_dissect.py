@@ -12,7 +12,6 @@ import polars as pl
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import assert_figure
 from dagster import DagsterInstance, materialize
 from PIL import Image
 
@@ -106,7 +105,7 @@ def dissect_run(env):
 
 
 # ------------------------------------------------------------------------------------------------ zero_shot_robustness
-def test_robust_accuracy_is_autoattacks_sequence_on_the_same_subset(env, robust_run):
+def test_robust_accuracy_is_autoattacks_sequence_on_the_same_subset(env, robust_run, assert_figure):
     _, _, res = env
     df = stored(env, "zero_shot_robustness")
     stages = ["clean", "apgd-ce", "apgd-ce+apgd-t"]
@@ -201,7 +200,7 @@ def dissect_inputs(res):
     return neuron_activations(m.model.visual, x, 2), images, texts, concepts
 
 
-def test_dissect_labels_are_soft_wpmi_on_the_same_activations(env, dissect_run):
+def test_dissect_labels_are_soft_wpmi_on_the_same_activations(env, dissect_run, assert_figure):
     _, _, res = env
     df = stored(env, "neuron_concepts")
     assert len(df) == 128 and (df["layer"] == 2).all() and df["neuron"].to_list() == list(range(128))  # block -2 of 4

@@ -6,7 +6,6 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-from conftest import assert_figure
 from dagster import DagsterInstance, materialize
 
 from assets.evaluation import explanations, localisation, saliency
@@ -41,7 +40,7 @@ def _maps(store, method=None):
     return df if method is None else df.filter(pl.col("method") == method)
 
 
-def test_saliency_maps_are_the_methods_on_the_stored_images(evaluated):
+def test_saliency_maps_are_the_methods_on_the_stored_images(evaluated, assert_figure):
     root, _, res, result = evaluated
     store = res["store"]
     df = _maps(store)

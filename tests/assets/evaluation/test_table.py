@@ -4,7 +4,6 @@ import math
 
 import polars as pl
 import pytest
-from conftest import assert_figure
 from dagster import AssetMaterialization, AssetSelection, DagsterInstance, evaluate_automation_conditions, materialize
 
 from assets.evaluation.table import SUMMARY, collect_metrics, evaluation_table, summary
@@ -71,7 +70,7 @@ def test_every_metric_of_every_partition_in_one_long_table(store):
     assert aft["robust top-1 @1/255 ↑"] == 0.2 and aft["Grad-CAM SSIM @4/255 ↑"] == 0.71
 
 
-def test_the_asset_writes_the_table_and_a_side_by_side_picture(store, tmp_path):
+def test_the_asset_writes_the_table_and_a_side_by_side_picture(store, tmp_path, assert_figure):
     res = resources_from_env(store.root)
     result = materialize([evaluation_table], resources=res, instance=DagsterInstance.ephemeral())
     assert result.success
