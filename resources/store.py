@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +27,19 @@ from cliplab.errors import CliplabError
 from resources.registry import validate_key
 
 STAGING = ".staging"
+STALE_AFTER_S = 24 * 3600  # a staged file of another host (a shared root) is abandoned after this long
+_OWNER = f"{socket.gethostname()}~{os.getpid()}"  # who stages a file (host names have "-", never "~")
+
+
+def _abandoned(name: str, mtime_ns: int | None) -> bool:
+    """`name`: a staged file's name after its partition tag (`<host>~<pid>-<random>.parquet`)."""
+    import psutil
+
+    host, _, rest = name.partition("~")
+    pid = rest.split("-", 1)[0]
+    if host == socket.gethostname() and pid.isdigit():
+        return not psutil.pid_exists(int(pid))
+    return mtime_ns is None or time.time_ns() - mtime_ns > STALE_AFTER_S * 1e9
 
 
 def _filesystem(root: str) -> tuple[pafs.FileSystem, str]:
@@ -80,7 +95,7 @@ class ArtifactStore(ConfigurableResource):
         staging_dir = f"{base.rstrip('/')}/{STAGING}"
         fs.create_dir(staging_dir, recursive=True)
         self._remove_stale(fs, staging_dir, tag)
-        staged = f"{staging_dir}/{tag}--{os.getpid()}-{uuid.uuid4().hex[:8]}.parquet"
+        staged = f"{staging_dir}/{tag}--{_OWNER}-{uuid.uuid4().hex[:8]}.parquet"
         ok = False
         try:
             with pq.ParquetWriter(staged, schema, filesystem=fs, compression="zstd") as w:
@@ -95,9 +110,10 @@ class ArtifactStore(ConfigurableResource):
 
     @staticmethod
     def _remove_stale(fs: pafs.FileSystem, staging_dir: str, tag: str) -> None:
-        """Staged files of this partition left by a killed run (same partition, any process)."""
+        """Staged files of this partition left by a killed run: owned by a process of this host that is gone, or by
+        another host and older than STALE_AFTER_S. A live writer's file (another run of the same partition) stays."""
         for info in fs.get_file_info(pafs.FileSelector(staging_dir)):
-            if info.base_name.startswith(tag + "--"):
+            if info.base_name.startswith(tag + "--") and _abandoned(info.base_name[len(tag) + 2:], info.mtime_ns):
                 with contextlib.suppress(FileNotFoundError, OSError):
                     fs.delete_file(info.path)
 
