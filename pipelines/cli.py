@@ -57,10 +57,16 @@ def cmd_run(args) -> int:
 
 
 def root_cause(error) -> str:
-    """The innermost error's message: Dagster wraps the asset's own exception in its step error."""
-    while error.cause is not None:
+    """The message for a user: the innermost of cliplab's own errors (which name what to fix) when there is one,
+    else the innermost error (Dagster wraps the asset's exception in its step error, and cliplab's errors wrap the
+    library error they explain)."""
+    ours = None
+    while True:
+        if error.cls_name in ("CliplabError", "DownloadError"):
+            ours = error
+        if error.cause is None:
+            return (ours or error).message.strip()
         error = error.cause
-    return error.message.strip()
 
 
 def cmd_query(args) -> int:

@@ -30,17 +30,18 @@ class ChatHandler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        type(self).requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
-        if self.path == "/broken/v1/chat/completions":
+        path = self.path.split("?")[0]
+        type(self).requests.append({"path": path, "auth": self.headers.get("Authorization"), "body": body})
+        if path == "/broken/v1/chat/completions":
             return self._send(500, b'{"error": "model crashed"}')
-        if self.path == "/garbage/v1/chat/completions":
+        if path == "/garbage/v1/chat/completions":
             return self._send(200, b"<html>hello</html>")
-        if not self.path.endswith("/v1/chat/completions"):
+        if not path.endswith("/v1/chat/completions"):
             return self._send(404, b"not found")
         texts = [line.split(". ", 1)[1] for line in body["messages"][-1]["content"].splitlines()[1:]]
         hits = [any(c in t.lower() for c in COLOURS) for t in texts]
         label = "Colors" if sum(hits) >= len(texts) / 2 else "Objects"
-        content = "I am not sure." if self.path.startswith("/chatter") else json.dumps(
+        content = "I am not sure." if path.startswith("/chatter") else json.dumps(
             {"label": label, "matches": hits if label == "Colors" else [not h for h in hits]})
         reply = {"id": "chatcmpl-1", "object": "chat.completion", "created": int(time.time()), "model": body["model"],
                  "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}]}
@@ -96,16 +97,83 @@ def test_llm_labeler_bad_answers_are_clear_errors(server, path, message):
 
 
 def test_llm_labeler_unreachable_endpoint(monkeypatch):
-    import urllib.request
+    import http.client
 
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     calls = []
-    real = urllib.request.urlopen
-    monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: calls.append(a) or real(*a, **k))
+    real = http.client.HTTPConnection.connect
+    monkeypatch.setattr(http.client.HTTPConnection, "connect", lambda self: calls.append(self.port) or real(self))
     with pytest.raises(CliplabError, match=f"127.0.0.1:{port}/v1/chat/completions is unreachable"):
         LLMLabeler(f"http://127.0.0.1:{port}/v1", "m", timeout_s=5).label([["a red car"]])
-    assert len(calls) == 1  # one attempt, an error at once: no retry loop before saying so
+    assert calls == [port]  # one attempt, an error at once: no retry loop before saying so
     with pytest.raises(CliplabError, match="needs an endpoint URL"):
         LLMLabeler("", "m")
+    with pytest.raises(CliplabError, match="must be an http"):
+        LLMLabeler("ftp://host/v1", "m")
+    with pytest.raises(CliplabError, match="llm_timeout_s must be > 0"):
+        LLMLabeler("http://host/v1", "m", timeout_s=0)
+
+
+@pytest.fixture
+def trickler():
+    """A server that sends a status line and then one byte every 0.2 s for a minute: every socket read succeeds."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    stop = threading.Event()
+
+    def serve():
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n")
+            for _ in range(300):
+                if stop.is_set():
+                    return
+                try:
+                    conn.sendall(b" ")
+                except OSError:
+                    return
+                time.sleep(0.2)
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}/v1"
+    stop.set()
+    listener.close()
+
+
+def test_llm_labeler_has_a_total_deadline_not_a_per_read_one(trickler):
+    t0 = time.monotonic()
+    with pytest.raises(CliplabError, match=r"did not answer within 1\.5 s \(llm_timeout_s\)"):
+        LLMLabeler(trickler, "m", timeout_s=1.5).label([["a red car"]])
+    assert time.monotonic() - t0 < 30  # before: read on for the trickle's whole minute
+
+
+def test_an_api_key_in_the_endpoint_url_never_reaches_a_message(server):
+    ChatHandler.requests.clear()
+    host = server.removeprefix("http://")
+    url = f"http://apiuser:sk-SECRET-1@{host}/broken/v1?api_key=QSECRET2&region=eu"
+    with pytest.raises(CliplabError) as err:
+        LLMLabeler(url, "m").label([["a red car"]])
+    text = str(err.value)
+    assert "HTTP 500" in text and "sk-SECRET-1" not in text and "QSECRET2" not in text and "region=eu" in text
+    assert ChatHandler.requests[-1]["auth"].startswith("Basic ")  # the URL's credentials are still sent
+    with pytest.raises(CliplabError) as err:
+        LLMLabeler(f"http://sk-SECRET-3@{host}/broken/v1", "m", api_key="sk-SECRET-3").label([["a red car"]])
+    assert "sk-SECRET-3" not in str(err.value)
+
+
+def test_the_cli_names_cliplabs_error_not_the_library_error_under_it():
+    from dagster._utils.error import SerializableErrorInfo
+
+    from pipelines.cli import root_cause
+
+    inner = SerializableErrorInfo("[Errno 111] Connection refused", [], "ConnectionRefusedError")
+    ours = SerializableErrorInfo("LLM endpoint http://h/v1/chat/completions is unreachable: refused", [],
+                                 "CliplabError", cause=inner)
+    step = SerializableErrorInfo("Error occurred while materializing head_labels", [], "DagsterExecutionStepExecutionError",
+                                 cause=ours)
+    assert root_cause(step) == ours.message
+    assert root_cause(SerializableErrorInfo("x", [], "DagsterError", cause=inner)) == inner.message
