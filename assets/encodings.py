@@ -18,6 +18,7 @@ from dagster import (
     MaterializeResult,
     multi_asset,
 )
+from pydantic import Field
 
 from assets import checks
 from assets._arrow import vectors
@@ -35,7 +36,7 @@ TOP_K = 5
 
 
 class EncodeConfig(Config):
-    batch_size: int = 64
+    batch_size: int = Field(default=64, ge=1)
 
 
 def features_schema(n: int, c: int, d: int, grid: tuple[int, int]) -> pa.Schema:

@@ -109,6 +109,9 @@ def cmd_ui(args) -> int:
         server = None
         print(f"cliplab: cannot serve figures at {url} ({e.strerror}); set CLIPLAB_FIGURE_URL to a free port",
               file=sys.stderr)
+    # A shell's background job starts with SIGINT ignored, and dagster dev maps SIGTERM to SIGINT's handler: an
+    # inherited "ignore" would make it deaf to both. A handler here is reset to the default in the child.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     proc = subprocess.Popen(cmd)
     signal.signal(signal.SIGTERM, lambda *_: proc.terminate())  # `kill <pid>` of cliplab stops dagster dev too
     try:

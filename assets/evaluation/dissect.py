@@ -22,6 +22,7 @@ import pyarrow as pa
 import torch
 import torch.nn.functional as F
 from dagster import AssetExecutionContext, AssetKey, Config, MaterializeResult, MetadataValue, asset
+from pydantic import Field
 
 from assets._arrow import vectors
 from assets._report import Progress, png_metadata, table_metadata
@@ -49,9 +50,9 @@ class DissectConfig(Config):
     layer: int = -1  # resblock of the model's image tower; negative counts from the end (-1: the last)
     probe: str = ""  # model key of the probing CLIP ("": the model itself)
     images: Optional[int] = None  # seeded subset; None = the dataset's `dissect_images` (registry), else every image
-    top_k: int = TOP_K  # a neuron's most activating images: soft-WPMI's examples and its vector (CLIP-Dissect: 100)
-    batch_size: int = 64
-    seed: int = 0
+    top_k: int = Field(default=TOP_K, ge=1)  # a neuron's most activating images: soft-WPMI's examples and its vector (CLIP-Dissect: 100)
+    batch_size: int = Field(default=64, ge=1)
+    seed: int = Field(default=0, ge=0)
 
 
 @asset(code_version="1", partitions_def=model_dataset, deps=[AssetKey("dataset_manifest"), MODEL_CHECKPOINT], group_name="evaluation",

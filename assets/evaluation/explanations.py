@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 from dagster import AssetExecutionContext, AssetKey, Config, MaterializeResult, MetadataValue, asset
+from pydantic import Field
 
 from assets._report import Progress, png_metadata, table_metadata
 from assets.evaluation._common import (
@@ -39,8 +40,8 @@ class ExplanationRobustnessConfig(Config):
     sigmas: list[float] = [float(s) for s in range(1, 10)]  # noise s.d. in units of 1/255
     images: Optional[int] = None  # seeded subset; None = the dataset's `robustness_images` (registry), else 256
     target: str = "ground_truth"
-    batch_size: int = 32
-    seed: int = 0
+    batch_size: int = Field(default=32, ge=1)
+    seed: int = Field(default=0, ge=0)
 
 
 @asset(code_version="1", partitions_def=model_dataset, deps=[AssetKey("saliency_maps"), AssetKey("class_text_embeddings"), MODEL_CHECKPOINT],

@@ -10,6 +10,7 @@ and counted. A dataset without masks gets an empty table that says so.
 import numpy as np
 import pyarrow as pa
 from dagster import AssetExecutionContext, AssetKey, Config, MaterializeResult, MetadataValue, asset
+from pydantic import Field
 
 from assets._report import table_metadata
 from assets.partitions import model_and_dataset, model_dataset
@@ -27,7 +28,7 @@ SCHEMA = pa.schema([("method", pa.string()), *((m, pa.float64()) for m in METRIC
 
 
 class LocalisationConfig(Config):
-    tolerance: int = TORCHRAY_TOLERANCE  # pointing game: a hit within this many pixels of the mask (TorchRay: 15)
+    tolerance: int = Field(default=TORCHRAY_TOLERANCE, ge=0)  # pointing game: a hit within this many pixels of the mask (TorchRay: 15)
     ap_average: str = "micro"  # AP of [map vs foreground, 1 − map vs background]: pooled ("micro") or averaged ("macro")
 
 

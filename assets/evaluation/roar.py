@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 from dagster import AssetExecutionContext, AssetKey, Config, MaterializeResult, MetadataValue, asset
+from pydantic import Field
 
 from assets._report import Progress, png_metadata, table_metadata
 from assets.evaluation._common import PixelModel, applicable_methods, dataset_default, pixel_model, positive, subset
@@ -45,8 +46,8 @@ class RoarConfig(Config):
     fractions: list[float] = list(DEFAULT_FRACTIONS)  # t: the share of each image's positions removed, increasing
     train_images: Optional[int] = None  # None = the dataset's `roar_train_images` (registry), else 2000
     test_images: Optional[int] = None  # None = the dataset's `roar_test_images`, else 1000
-    batch_size: int = 32
-    seed: int = 0  # the subsets, the folder split, the random ranking and the probe
+    batch_size: int = Field(default=32, ge=1)
+    seed: int = Field(default=0, ge=0)  # the subsets, the folder split, the random ranking and the probe
 
 
 @asset(code_version="1", partitions_def=model_dataset, group_name="evaluation", kinds={"parquet"}, pool="gpu",

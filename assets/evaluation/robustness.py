@@ -16,6 +16,7 @@ from typing import Optional
 import pyarrow as pa
 import torch
 from dagster import AssetExecutionContext, AssetKey, Config, MaterializeResult, MetadataValue, asset
+from pydantic import Field
 
 from assets._report import Progress, png_metadata, table_metadata
 from assets.evaluation._common import dataset_default, pixel_model, positive, subset
@@ -38,11 +39,11 @@ SCHEMA = pa.schema([("eps_255", pa.float64()), ("attack", pa.string()), ("accura
 class RobustnessConfig(Config):
     eps: list[float] = [1.0, 2.0, 4.0]  # L∞ radii in units of 1/255 of [0, 1] pixels
     attacks: list[str] = list(ATTACKS)  # in this order, each on the survivors of the previous
-    n_iter: int = N_ITER  # per APGD run (torchattacks defaults to 10; the protocol's is 100)
-    n_target_classes: int = N_TARGET_CLASSES  # APGD-T targets: the 2nd … (n + 1)-th clean logit
+    n_iter: int = Field(default=N_ITER, ge=1)  # per APGD run (torchattacks defaults to 10; the protocol's is 100)
+    n_target_classes: int = Field(default=N_TARGET_CLASSES, ge=1)  # APGD-T targets: the 2nd … (n + 1)-th clean logit
     images: Optional[int] = None  # seeded subset; None = the dataset's `robust_images` (registry), else 1000
-    batch_size: int = 64  # images attacked at once (memory)
-    seed: int = 0  # the subset and every attack's random starts
+    batch_size: int = Field(default=64, ge=1)  # images attacked at once (memory)
+    seed: int = Field(default=0, ge=0)  # the subset and every attack's random starts
 
 
 @asset(code_version="1", partitions_def=model_dataset, group_name="evaluation", kinds={"parquet"}, pool="gpu",

@@ -13,6 +13,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 from dagster import AssetExecutionContext, AssetKey, Config, MaterializeResult, asset
+from pydantic import Field
 
 from assets._arrow import vectors
 from assets._report import Progress, png_metadata, table_metadata
@@ -31,10 +32,10 @@ PREVIEW = 4  # images in the metadata picture
 class SaliencyConfig(Config):
     methods: list[str] = list(SALIENCY_METHODS)
     target: str = "ground_truth"  # or "prediction": the class the model chose
-    batch_size: int = 32
+    batch_size: int = Field(default=32, ge=1)
     images: Optional[int] = None  # a seeded subset of the dataset (None: every image)
-    downsample: int = 56  # also store a downsample × downsample copy when the input is larger (0: never)
-    seed: int = 0
+    downsample: int = Field(default=56, ge=0)  # also store a downsample × downsample copy when the input is larger (0: never)
+    seed: int = Field(default=0, ge=0)
 
 
 def maps_schema(h: int, w: int, small: int) -> pa.Schema:

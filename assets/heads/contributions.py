@@ -13,6 +13,7 @@ import contextlib
 import numpy as np
 import pyarrow as pa
 from dagster import AssetExecutionContext, AssetKey, Config, MaterializeResult, MetadataValue, asset
+from pydantic import Field
 
 from assets import checks
 from assets._arrow import vectors
@@ -30,9 +31,9 @@ TABLE = "head_contributions"
 
 
 class HeadConfig(Config):
-    layers: int = 4  # decompose the last k layers into heads (the paper's analyses use the last 4)
+    layers: int = Field(default=4, ge=1)  # decompose the last k layers into heads (the paper's analyses use the last 4)
     all_layers: bool = False  # decompose every layer (overrides `layers`)
-    batch_size: int = 32
+    batch_size: int = Field(default=32, ge=1)
 
 
 def _nested(values: np.ndarray, n: int, d: int) -> pa.FixedSizeListArray:

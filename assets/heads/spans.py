@@ -20,6 +20,7 @@ from dagster import (
     MetadataValue,
     asset,
 )
+from pydantic import Field
 
 from assets._report import png_metadata, table_metadata
 from assets.data import read_class_weights
@@ -34,10 +35,10 @@ GENERAL_BANK, WORD_BANK = "image_descriptions_general", "google_3498_english"
 
 
 class SpanConfig(Config):
-    k: int = 20  # texts per head kept (reference: 20 for the text-span study; labels use the top 5)
+    k: int = Field(default=20, ge=1)  # texts per head kept (reference: 20 for the text-span study; labels use the top 5)
     ks: list[int] = [1, 2, 5, 10, 20]  # noqa: RUF012 (a pydantic field) — texts per head in the replacement evaluation (0 = heads at their mean)
     r: str = "reference"  # rank of span(V_r): "reference" (80), "head_dim+3", or an integer
-    layers: int = 4  # span the heads of the last `layers` decomposed layers; earlier layers are mean-ablated
+    layers: int = Field(default=4, ge=1)  # span the heads of the last `layers` decomposed layers; earlier layers are mean-ablated
     banks: list[str] = []  # noqa: RUF012 (a pydantic field) — text banks; empty = the general bank, the word control and the dataset's own (toyworld's phrases)
 
 
@@ -189,8 +190,8 @@ def span_families(spans: pl.DataFrame) -> pl.DataFrame:
 
 class LabelConfig(Config):
     labeler: str = "embedding"  # "embedding" (offline, bundled sentence model) or "llm" (OpenAI-compatible endpoint)
-    threshold: float = 0.5  # embedding labeler: a text matches the head's label when sim ≥ threshold
-    top: int = 5  # texts per head that are labelled (CLIP-InterpreT: 5)
+    threshold: float = Field(default=0.5, ge=-1, le=1)  # embedding labeler: a text matches the head's label when sim ≥ threshold
+    top: int = Field(default=5, ge=1)  # texts per head that are labelled (CLIP-InterpreT: 5)
 
 
 @asset(code_version="1", partitions_def=model_dataset, group_name="head_spans", kinds={"parquet"}, deps=[head_spans])
@@ -246,7 +247,7 @@ def family_agreement(labels: pl.DataFrame, family_labels: dict[str, tuple[str, .
 
 
 class ScoreConfig(Config):
-    min_matches: int = 3  # association: a head is associated when ≥ 3 of its 5 texts match its label
+    min_matches: int = Field(default=3, ge=1)  # association: a head is associated when ≥ 3 of its 5 texts match its label
 
 
 @asset(code_version="1", partitions_def=model_dataset, group_name="head_spans", kinds={"parquet"}, deps=[head_labels])

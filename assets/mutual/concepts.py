@@ -11,6 +11,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 from dagster import AssetExecutionContext, AssetKey, Config, MaterializeResult, asset
+from pydantic import Field
 
 from assets.partitions import model_and_dataset, model_dataset
 from cliplab.mutual.cleanup import largest_components
@@ -26,7 +27,7 @@ PATCH_FEATURES = AssetKey("patch_features")
 class ProminentConfig(Config):
     facet: str = "tokens"  # "tokens" [reference] or "keys" [the paper's text]
     method: str = "joint"  # "joint" [reference], "per_image" [paper text], "fiedler" [TokenCut]
-    min_second: int = 5
+    min_second: int = Field(default=5, ge=0)
 
 
 def patch_grid(store: ArtifactStore, model: str, dataset: str) -> tuple[int, int]:
@@ -88,8 +89,8 @@ def prominent_patches(context: AssetExecutionContext, config: ProminentConfig, s
 
 
 class ConceptConfig(Config):
-    L: int = 5
-    seed: int = 0
+    L: int = Field(default=5, ge=1)
+    seed: int = Field(default=0, ge=0)
 
 
 CONCEPT_SCHEMA = pa.schema([("image_id", pa.string()), ("label", pa.int64()), ("patch", pa.int32()),

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pyarrow as pa
 from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
+from pydantic import Field
 
 from assets._arrow import vectors
 from assets._report import table_metadata
@@ -75,7 +76,7 @@ def descriptor_embeddings(context: AssetExecutionContext, datasets: DatasetCatal
 
 
 class ClassDescriptorConfig(Config):
-    u: int = 50  # the paper's u for MI; its Venn figure uses the first 15
+    u: int = Field(default=50, ge=1)  # the paper's u for MI; its Venn figure uses the first 15
     template: str = "none"  # descriptor embeddings: "none" (raw text) or "photo" ("a photo showing {d}")
 
 

@@ -13,6 +13,7 @@ from dagster import (
     MetadataValue,
     asset,
 )
+from pydantic import Field
 
 from assets._report import Progress, png_metadata, table_metadata
 from assets.data import read_class_weights
@@ -50,12 +51,12 @@ DV = AssetKey("visual_concept_descriptors")
 
 
 class ConceptEvalConfig(Config):
-    blur_kernel: int = 11  # removal = Gaussian blur of the concept's patches (not zeros)
-    blur_sigma: float = 5.0
-    seed: int = 0  # the random-order control
-    images_per_class: int = 40  # ≈ 27 encoder passes per image; the first n of each class (0 = every image)
-    batch_size: int = 16
-    encode_batch: int = 512
+    blur_kernel: int = Field(default=11, ge=1)  # removal = Gaussian blur of the concept's patches (not zeros)
+    blur_sigma: float = Field(default=5.0, gt=0)
+    seed: int = Field(default=0, ge=0)  # the random-order control
+    images_per_class: int = Field(default=40, ge=0)  # ≈ 27 encoder passes per image; the first n of each class (0 = every image)
+    batch_size: int = Field(default=16, ge=1)
+    encode_batch: int = Field(default=512, ge=1)
 
 
 @asset(code_version="1", partitions_def=model_dataset, deps=[DV, AssetKey("class_text_embeddings"), MODEL_CHECKPOINT], group_name="mutual_knowledge",
@@ -159,8 +160,8 @@ def concept_eval(context: AssetExecutionContext, config: ConceptEvalConfig, data
 
 class DescriptorZeroShotConfig(Config):
     branch: str = "pca"  # which concepts' D_v supply the extra descriptors
-    neighbours: int = 2  # nearest classes in text space the concepts must beat
-    extra: int = 3  # textual concepts added per class
+    neighbours: int = Field(default=2, ge=1)  # nearest classes in text space the concepts must beat
+    extra: int = Field(default=3, ge=0)  # textual concepts added per class
     template: str = ZERO_SHOT_PROMPT
 
 

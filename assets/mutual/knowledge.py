@@ -20,6 +20,7 @@ from dagster import (
     MetadataValue,
     asset,
 )
+from pydantic import Field
 
 from assets import checks
 from assets._arrow import vectors
@@ -82,17 +83,17 @@ def concept_grids(store: ArtifactStore, model: str, dataset: str, n_patches: int
 
 
 class VisualConceptConfig(Config):
-    k: int = 3  # descriptors per concept
-    top: int = 0  # candidates: in every concept's top-`top`; 0 = the dataset's `dv_top` (registry), else 500
-    offset: float = 0.02
+    k: int = Field(default=3, ge=1)  # descriptors per concept
+    top: int = Field(default=0, ge=0)  # candidates: in every concept's top-`top`; 0 = the dataset's `dv_top` (registry), else 500
+    offset: float = Field(default=0.02, ge=0)
     threshold: str = "mean"  # "mean" − offset [reference] or "percentile": median + offset [paper text]
-    temperature: float = 2.5
-    n_iter: int = 1000  # Sinkhorn iterations (the reference's 1000 normalisations)
-    max_descriptors: int = 15  # |D_v| ≤ 15
-    blur_kernel: int = 11
-    blur_sigma: float = 2.0
-    batch_size: int = 32  # images per batch; their 3·L·2 prompts are encoded together
-    overlays: int = 4  # images drawn with their concepts and descriptors
+    temperature: float = Field(default=2.5, gt=0)
+    n_iter: int = Field(default=1000, ge=1)  # Sinkhorn iterations (the reference's 1000 normalisations)
+    max_descriptors: int = Field(default=15, ge=1)  # |D_v| ≤ 15
+    blur_kernel: int = Field(default=11, ge=1)
+    blur_sigma: float = Field(default=2.0, gt=0)
+    batch_size: int = Field(default=32, ge=1)  # images per batch; their 3·L·2 prompts are encoded together
+    overlays: int = Field(default=4, ge=0)  # images drawn with their concepts and descriptors
 
 
 def dv_schema(d: int) -> pa.Schema:
@@ -281,11 +282,11 @@ def grounding_metadata(context, table: pl.LazyFrame, datasets: DatasetCatalog, d
 
 
 class MIConfig(Config):
-    u: int = 0  # |D_ŷ|; 0 = the dataset's `mi_u` (registry), else the paper's 50
+    u: int = Field(default=0, ge=0)  # |D_ŷ|; 0 = the dataset's `mi_u` (registry), else the paper's 50
     target: str = "prediction"  # D_ŷ of the zero-shot prediction [paper] or "ground_truth" [reference notebook]
     convention: str = "reference"  # "reference": ln N + ln M + ln c; "textbook": ln N + ln M − ln c
     auc: str = "mean"  # "mean" [reference] or "trapezoid"
-    max_descriptors: int = 15
+    max_descriptors: int = Field(default=15, ge=1)
 
 
 MI_SCHEMA = pa.schema([

@@ -1,6 +1,7 @@
 """toyworld: the embedded default dataset (no GPU, no download), generated from a seed."""
 
 from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
+from pydantic import Field
 
 from assets._report import png_metadata
 from cliplab import plots
@@ -11,10 +12,10 @@ from resources.store import ArtifactStore
 
 
 class ToyworldConfig(Config):
-    seed: int = 0
-    n_train: int = 16000
-    n_val: int = 1200
-    image_size: int = 64
+    seed: int = Field(default=0, ge=0)
+    n_train: int = Field(default=16000, ge=1)
+    n_val: int = Field(default=1200, ge=1)
+    image_size: int = Field(default=64, ge=8)
 
 
 @asset(code_version="1", group_name="toy", kinds={"parquet"})

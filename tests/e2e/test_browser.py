@@ -78,8 +78,15 @@ def test_materialise_from_the_asset_page_in_chromium(tmp_path):
                 page.goto(f"{url}/assets/patch_features", wait_until="networkidle")
                 page.get_by_role("button", name="Materialize…").click()
                 dialog = page.get_by_role("dialog")
-                for everything in dialog.get_by_role("button", name="All", exact=True).all():  # the dataset, the model
-                    everything.click()
+                page.wait_for_load_state("networkidle")
+                chosen = dialog.get_by_text("1 partition", exact=True)
+                for _ in range(30):  # "All" picks from the partition keys the dialog has loaded by then
+                    for everything in dialog.get_by_role("button", name="All", exact=True).all():  # dataset, model
+                        everything.click()
+                    if chosen.is_visible():
+                        break
+                    time.sleep(1)
+                expect(chosen).to_be_visible()
                 launch = dialog.get_by_role("button", name=re.compile("Launch"))
                 expect(launch).to_have_text("Launch 1 run")
                 launch.click()
@@ -107,15 +114,17 @@ def test_materialise_from_the_asset_page_in_chromium(tmp_path):
                 page.goto(f"{url}/assets/patch_features", wait_until="networkidle")
                 row = page.locator("tr", has_text="token PCA").first
                 row.scroll_into_view_if_needed()
-                row.get_by_text("[Show Markdown]").click()
                 plot = page.locator(f"img[src^='{figures}/_sha256/']").first
                 expect(plot).to_be_visible()
                 # served, decoded and drawn, not a broken-image icon
                 page.wait_for_function("img => img.complete && img.naturalWidth > 100", arg=plot.element_handle())
                 if shots:
+                    plot.scroll_into_view_if_needed()
                     page.screenshot(path=str(shots / "ui_metadata_plot.png"))
-                    page.goto(f"{url}/asset-groups", wait_until="networkidle")
-                    time.sleep(3)
+                    page.set_viewport_size({"width": 1600, "height": 900})
+                    page.goto(f"{url}/assets/mi_curves?view=lineage&lineageScope=upstream&lineageDepth=8",
+                              wait_until="networkidle")
+                    time.sleep(5)  # the graph lays itself out after the data arrives
                     page.screenshot(path=str(shots / "ui_lineage.png"))
             except Exception:
                 page.screenshot(path=str(tmp_path / "failure.png"))  # kept in pytest's tmp dir for a look

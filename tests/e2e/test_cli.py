@@ -94,8 +94,12 @@ def test_cliplab_ui_serves_the_lineage_with_both_partition_dimensions(ran):
     env = {k: v for k, v in env.items() if k != "CLIPLAB_REFERENCE_DIR"}
     env["PATH"] = os.pathsep.join(p for p in env.get("PATH", os.defpath).split(os.pathsep)
                                   if Path(p).resolve() != Path(sys.executable).parent.resolve())
+    env["CLIPLAB_FIGURE_URL"] = figures = f"http://127.0.0.1:{_free_port()}"
+    # started as a shell starts a background job (SIGINT ignored): `kill <pid>` must still stop everything
     server = subprocess.Popen([str(Path(sys.executable).parent / "cliplab"), "ui", "--port", str(port)], cwd=REPO, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    graceful = False
     try:
         query = """{ assetNodes { assetKey { path } dependencyKeys { path }
                      partitionDefinition { dimensionTypes { name } } } }"""
@@ -125,13 +129,30 @@ def test_cliplab_ui_serves_the_lineage_with_both_partition_dimensions(ran):
         results = json.loads(urllib.request.urlopen(req, timeout=10).read())["data"]["runsOrError"]["results"]
         assert any(r["jobName"] == "main" and {"key": "dagster/partition", "value": "toyworld|toy-vit.s0"} in r["tags"]
                    for r in results)  # the CLI's run is in the UI's run history
+        # the plots in the run's metadata are served beside the UI
+        png = next((Path(env["CLIPLAB_ARTIFACTS"]) / "_figures" / "_sha256").glob("*.png"))
+        with urllib.request.urlopen(f"{figures}/_sha256/{png.name}", timeout=10) as r:
+            assert r.read() == png.read_bytes()
+        server.send_signal(signal.SIGTERM)  # cliplab's own pid, as `kill` would
+        server.wait(timeout=90)
+        graceful = True
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:  # dagster dev's code servers can outlive a slow shutdown
+        if not graceful:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait(timeout=30)
+    time.sleep(1)
+    import psutil
+
+    def group(pid):
+        try:
+            return os.getpgid(pid)
+        except OSError:
+            return None
+
+    leftover = [p.pid for p in psutil.process_iter() if group(p.pid) == server.pid]
+    if leftover:
+        os.killpg(server.pid, signal.SIGKILL)
+    assert not leftover, f"processes of cliplab ui outlived it: {leftover}"  # webserver, daemon, code servers
 
 
 def test_one_environment_for_cli_ui_and_scripts(tmp_path, monkeypatch):
