@@ -75,9 +75,11 @@ def materialise(instance, model: str, dataset: str, resources: dict, *, retrain:
     False stops after the checkpoints.
     """
     from pipelines.definitions import defs
+    from pipelines.liveness import reap_dead_runs, worker_tags
 
     zoo, datasets = resources["zoo"], resources["datasets"]
     key = partition_key(model, dataset)  # invalid keys fail here, before anything runs
+    reap_dead_runs(instance, log)  # a killed earlier run would hold the `gpu` slot this one waits for
     chain = checkpoint_chain(zoo, model)
     datasets.spec(dataset)
     instance.add_dynamic_partitions("model", chain)
@@ -101,7 +103,8 @@ def materialise(instance, model: str, dataset: str, resources: dict, *, retrain:
         job = "models" if make_world else "checkpoints"
         log(f"checkpoint {k}: materialising ({'with toyworld' if make_world else zoo.spec(k).kind})")
         result = defs.resolve_job_def(job).execute_in_process(
-            instance=instance, partition_key=k, run_config={"ops": ops}, resources=resources, raise_on_error=False)
+            instance=instance, partition_key=k, run_config={"ops": ops}, resources=resources, raise_on_error=False,
+            tags=worker_tags())
         outcome.results.append(result)
         make_world = False
         if not result.success:
@@ -109,7 +112,8 @@ def materialise(instance, model: str, dataset: str, resources: dict, *, retrain:
     if analyses:
         ops = {name: {"config": cfg} for name, cfg in (analysis_config or {}).items()}
         outcome.results.append(defs.resolve_job_def("main").execute_in_process(
-            instance=instance, partition_key=key, resources=resources, raise_on_error=False, run_config={"ops": ops}))
+            instance=instance, partition_key=key, resources=resources, raise_on_error=False, run_config={"ops": ops},
+            tags=worker_tags()))
     return outcome
 
 
