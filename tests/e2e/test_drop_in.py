@@ -3,7 +3,6 @@ fully analysed (`main`) without a click. Prints the time from drop to done."""
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ CLIPLAB = str(Path(sys.executable).parent / "cliplab")
 
 
 @pytest.mark.slow
-def test_a_dropped_checkpoint_is_analysed_without_a_click(tmp_path):
+def test_a_dropped_checkpoint_is_analysed_without_a_click(tmp_path, cliplab_ui):
     from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
     drop = tmp_path / "drop"
@@ -32,30 +31,21 @@ def test_a_dropped_checkpoint_is_analysed_without_a_click(tmp_path):
     run = subprocess.run([CLIPLAB, "run", "--steps", "20", "--n-train", "256", "--n-val", "96"], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-2000:]
-    server = subprocess.Popen([CLIPLAB, "ui", "--port", "3197"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        t0 = time.time()
-        shutil.copytree(tmp_path / "art/checkpoints/toy-vit.s0", drop / "Toy Dropped")  # open_clip local-dir layout
-        done = None
-        with DagsterInstance.from_config(str(tmp_path / "dh")) as instance:
-            while time.time() - t0 < 900 and done is None:
-                time.sleep(5)
-                runs = instance.get_runs(RunsFilter(job_name="main", tags={"dagster/partition": "toyworld|toy-dropped"}))
-                failed = [r for r in runs if r.status == DagsterRunStatus.FAILURE]
-                assert not failed, f"main run {failed[0].run_id} failed"
-                if any(r.status == DagsterRunStatus.SUCCESS for r in runs):
-                    done = time.time() - t0
-            assert done is not None, "no successful main run for the dropped checkpoint within 15 min"
-            checkpoint = instance.get_runs(RunsFilter(job_name="checkpoints", tags={"dagster/partition": "toy-dropped"}))
-            assert [r.status for r in checkpoint] == [DagsterRunStatus.SUCCESS]
-        print(f"\ndropped checkpoint → checkpoint verified → main materialised: {done:.0f} s from drop to done")
-        assert (tmp_path / "art/patch_features/model=toy-dropped/dataset=toyworld/part-0.parquet").is_file()
-        assert (tmp_path / "art/evaluation_table/part-0.parquet").is_file()
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=30)
+    cliplab_ui(env, 3197)
+    t0 = time.time()
+    shutil.copytree(tmp_path / "art/checkpoints/toy-vit.s0", drop / "Toy Dropped")  # open_clip local-dir layout
+    done = None
+    with DagsterInstance.from_config(str(tmp_path / "dh")) as instance:
+        while time.time() - t0 < 900 and done is None:
+            time.sleep(5)
+            runs = instance.get_runs(RunsFilter(job_name="main", tags={"dagster/partition": "toyworld|toy-dropped"}))
+            failed = [r for r in runs if r.status == DagsterRunStatus.FAILURE]
+            assert not failed, f"main run {failed[0].run_id} failed"
+            if any(r.status == DagsterRunStatus.SUCCESS for r in runs):
+                done = time.time() - t0
+        assert done is not None, "no successful main run for the dropped checkpoint within 15 min"
+        checkpoint = instance.get_runs(RunsFilter(job_name="checkpoints", tags={"dagster/partition": "toy-dropped"}))
+        assert [r.status for r in checkpoint] == [DagsterRunStatus.SUCCESS]
+    print(f"\ndropped checkpoint → checkpoint verified → main materialised: {done:.0f} s from drop to done")
+    assert (tmp_path / "art/patch_features/model=toy-dropped/dataset=toyworld/part-0.parquet").is_file()
+    assert (tmp_path / "art/evaluation_table/part-0.parquet").is_file()
