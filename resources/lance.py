@@ -9,6 +9,11 @@ asset's name (`head_contributions`), each other width gets its own table (`head_
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import random
+import time
+
 import pyarrow as pa
 from dagster import ConfigurableResource
 
@@ -28,8 +33,25 @@ def _width(schema: pa.Schema) -> int | None:
     return kind.list_size if pa.types.is_fixed_size_list(kind) else None
 
 
+WRITE_ATTEMPTS = 8  # commits that lose a race with another writer are retried on the new version
+
+
+def _retried(commit, what: str):
+    """Run a LanceDB commit, again on a newer version when a concurrent writer committed first."""
+    for attempt in range(WRITE_ATTEMPTS):
+        try:
+            return commit()
+        except Exception as err:  # noqa: BLE001 — Lance reports a lost commit race under several types
+            if attempt == WRITE_ATTEMPTS - 1 or "schema" in str(err).lower():  # a wrong schema never heals
+                raise CliplabError(f"{what}: {err}") from err
+            time.sleep(0.05 * 2**attempt * (1 + random.random()))
+
+
 class LanceStore(ConfigurableResource):
     uri: str = "./artifacts/lancedb"
+    # after each write, versions older than this are removed and small fragments compacted (readers older than it
+    # may lose their snapshot); 0 keeps only the latest
+    keep_versions_s: int = 600
 
     def connect(self):
         import lancedb
@@ -37,37 +59,59 @@ class LanceStore(ConfigurableResource):
         return lancedb.connect(self.uri)
 
     def replace_partition(self, table: str, data: pa.Table, model: str, dataset: str, key: str) -> int:
-        """Make `table`'s rows for (model, dataset) exactly `data` (which must carry `model`, `dataset` and `key`)."""
+        """Make `table`'s rows for (model, dataset) exactly `data` (which must carry `model`, `dataset` and `key`).
+        Safe with other processes writing other partitions of the same table, even while they create it."""
         validate_key(model, "model key"), validate_key(dataset, "dataset key")
         for col in ("model", "dataset", key):
             if col not in data.column_names:
                 raise CliplabError(f"LanceDB table {table!r}: rows lack column {col!r}")
         db = self.connect()
-        width = _width(data.schema)
-        same = [name for name, w in self._variants(db, table).items() if w == width]
-        name = same[0] if same else table if table not in db.list_tables().tables else f"{table}__d{width}"
+        target = self._create_or_open(db, table, data.schema)
         scope = f"model = {_sql_str(model)} AND dataset = {_sql_str(dataset)}"
-        if name not in db.list_tables().tables:
-            db.create_table(name, data=data)
-        else:
-            (
-                db.open_table(name)
-                .merge_insert(["model", "dataset", key])
-                .when_matched_update_all()
-                .when_not_matched_insert_all()
-                .when_not_matched_by_source_delete(scope)
-                .execute(data)
-            )
+        _retried(lambda: target.merge_insert(["model", "dataset", key]).when_matched_update_all()
+                 .when_not_matched_insert_all().when_not_matched_by_source_delete(scope).execute(data),
+                 f"LanceDB table {target.name!r}: writing model={model}, dataset={dataset}")
         for other in self._variants(db, table):  # the partition's rows of another width (new weights, new architecture)
-            if other != name:
-                db.open_table(other).delete(scope)
+            if other != target.name:
+                _retried(lambda other=other: db.open_table(other).delete(scope), f"LanceDB table {other!r}: deleting {scope}")
+        self._tidy(target)
         return len(data)
+
+    def _create_or_open(self, db, table: str, schema: pa.Schema):
+        """The physical table of logical `table` for `schema`'s vector width, created empty when there is none. At
+        most one per width even when writers race: a create that loses opens the winner's table."""
+        width = _width(schema)
+        for _ in range(WRITE_ATTEMPTS):
+            variants = self._variants(db, table)
+            same = sorted(n for n, w in variants.items() if w == width)
+            if same:
+                return db.open_table(same[0])
+            name = table if table not in variants else f"{table}__d{width}"
+            try:
+                created = db.create_table(name, schema=schema, exist_ok=True)
+            except Exception:  # noqa: BLE001 — lost a race on the table's first commit: look again
+                time.sleep(0.05 + random.random() * 0.2)
+                continue
+            if _width(created.schema) == width:
+                return created
+        raise CliplabError(f"LanceDB at {self.uri}: could not create or open table {table!r} (width {width})")
+
+    def _tidy(self, target) -> None:
+        """Compact the table and remove versions older than keep_versions_s (housekeeping: a writer that races it
+        retries its own commit, and a failed tidy is left for the next write)."""
+        with contextlib.suppress(Exception):
+            target.optimize(cleanup_older_than=datetime.timedelta(seconds=self.keep_versions_s))
 
     @staticmethod
     def _variants(db, table: str) -> dict[str, int | None]:
-        """The physical tables of logical `table` → their vector width."""
-        names = [n for n in db.list_tables().tables if n == table or n.startswith(f"{table}__d")]
-        return {n: _width(db.open_table(n).schema) for n in names}
+        """The physical tables of logical `table` → their vector width (a table another writer is still creating
+        and cannot be opened yet is left out)."""
+        out = {}
+        for name in db.list_tables().tables:
+            if name == table or name.startswith(f"{table}__d"):
+                with contextlib.suppress(Exception):
+                    out[name] = _width(db.open_table(name).schema)
+        return out
 
     def table(self, table: str, model: str | None = None, width: int | None = None):
         """The physical table of `table` holding `model`'s rows (or vectors of `width`); with neither, the only one."""
