@@ -245,14 +245,43 @@ def toy_config(spec: ModelSpec, source: str = ""):
     return cfg
 
 
+# The options a dataset entry may carry: type, meaning.
+DATASET_OPTIONS: dict[str, tuple[type, str]] = {
+    "descriptors": (str, "a JSON file {class name: [descriptor, ...]}"),
+    "masks": (str, "the folder of part/object masks"),
+    "mask_format": (str, "how the masks are stored"),
+    "allow_empty_classes": (bool, "keep class folders without images"),
+    "mi_u": (int, "|D_y| for the MI curves"),
+    "dv_top": (int, "descriptor candidates per concept"),
+    "robust_images": (int, "images attacked by APGD"),
+    "robustness_images": (int, "images of the explanation-robustness test"),
+    "roar_train_images": (int, "ROAR probe training images"),
+    "roar_test_images": (int, "ROAR test images"),
+    "dissect_images": (int, "CLIP-dissect probe images"),
+}
+
+
 def _dataset_spec(key: str, entry: dict, source: str) -> DatasetSpec:
     validate_key(key, "dataset key", source)
     entry = dict(entry)
     kind = entry.pop("kind", None)
     if kind not in DATASET_KINDS:
         raise CliplabError(f"dataset {key!r} in {source}: kind must be one of {DATASET_KINDS}, got {kind!r}")
+    for name in ("root", "split", "synsets"):
+        if not isinstance(entry.get(name, ""), str):
+            raise CliplabError(f"dataset {key!r} in {source}: {name!r} must be a string, got {entry[name]!r}")
     spec = DatasetSpec(key, kind, root=entry.pop("root", ""), split=entry.pop("split", ""),
                        synsets=entry.pop("synsets", ""), options=entry)
+    for name, value in entry.items():
+        if name not in DATASET_OPTIONS:
+            raise CliplabError(f"dataset {key!r} in {source}: unknown field {name!r}; known: root, split, synsets, "
+                               f"{', '.join(sorted(DATASET_OPTIONS))}")
+        kind_of, meaning = DATASET_OPTIONS[name]
+        if kind_of is int and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise CliplabError(f"dataset {key!r} in {source}: {name!r} ({meaning}) must be an integer >= 1, got {value!r}")
+        if kind_of is not int and not isinstance(value, kind_of):
+            raise CliplabError(f"dataset {key!r} in {source}: {name!r} ({meaning}) must be a "
+                               f"{kind_of.__name__}, got {value!r}")
     if kind != "toyworld" and not spec.root:
         raise CliplabError(f"dataset {key!r} in {source}: kind {kind!r} needs 'root' (the folder)")
     return spec

@@ -11,7 +11,7 @@ from assets._arrow import vectors
 from assets._report import table_metadata
 from assets.partitions import MODEL_CHECKPOINT, model_and_dataset, model_dataset
 from cliplab.errors import CliplabError
-from cliplab.mutual.descriptors import descriptor_bank
+from cliplab.mutual.descriptors import descriptor_bank, descriptor_bank_for_classes
 from cliplab.toy import toyworld as tw
 from cliplab.zeroshot import class_embeddings
 from resources.datasets import DatasetCatalog
@@ -25,17 +25,22 @@ PHOTO_TEMPLATE = "a photo showing {}"
 PUBLISHED = {"imagenet": "imagenet", "places365": "places365", "food101": "food101"}
 
 
-def bank_for(spec, reference: ReferenceData):
-    """D of a dataset: the registry entry's own `descriptors = "file.json"`, toyworld's, or the published bank."""
+def bank_for(spec, reference: ReferenceData, datasets: DatasetCatalog):
+    """D of a dataset: the registry entry's own `descriptors = "file.json"` (matched to the dataset's class names),
+    toyworld's, or the published bank."""
     if spec.options.get("descriptors"):
         path = Path(spec.options["descriptors"])
         if not path.is_file():
             raise CliplabError(f"dataset {spec.key!r}: descriptor file {path} does not exist")
         try:
             per_class = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise CliplabError(f"dataset {spec.key!r}: descriptor file {path} is not JSON ({e})") from None
-        return descriptor_bank(per_class)
+        class_names = datasets.class_names(spec.key)
+        try:
+            return descriptor_bank_for_classes(per_class, class_names)
+        except CliplabError as e:
+            raise CliplabError(f"dataset {spec.key!r}: descriptor file {path}: {e}") from None
     if spec.kind == "toyworld":
         return descriptor_bank(tw.descriptors())
     if spec.kind in PUBLISHED:
@@ -52,7 +57,7 @@ def descriptor_embeddings(context: AssetExecutionContext, datasets: DatasetCatal
     import torch
 
     model, dataset = model_and_dataset(context)
-    bank = bank_for(datasets.spec(dataset), reference)
+    bank = bank_for(datasets.spec(dataset), reference, datasets)
     m = zoo.load(model)
     encode = lambda t: m.model.encode_text(t.to(m.device))
     with torch.inference_mode():

@@ -38,3 +38,36 @@ def test_bad_registry_files(tmp_path, text, message):
 def test_unknown_keys_list_the_known_ones():
     with pytest.raises(CliplabError, match="unknown dataset 'imagenet'; registered datasets: toyworld"):
         load_registry(None).dataset("imagenet")
+
+
+@pytest.mark.parametrize("field, message", [
+    ('mi_u = "50"', "'mi_u' (|D_y| for the MI curves) must be an integer >= 1, got '50'"),
+    ("robust_images = 0", "'robust_images' (images attacked by APGD) must be an integer >= 1, got 0"),
+    ("dv_top = true", "'dv_top' (descriptor candidates per concept) must be an integer >= 1, got True"),
+    ('allow_empty_classes = "yes"', "'allow_empty_classes' (keep class folders without images) must be a bool"),
+    ("descriptors = 3", "'descriptors' (a JSON file {class name: [descriptor, ...]}) must be a str, got 3"),
+    ("root = 5", "'root' must be a string, got 5"),
+    ("mi_uu = 3", "unknown field 'mi_uu'; known: root, split, synsets, allow_empty_classes, descriptors"),
+])
+def test_dataset_fields_of_the_wrong_type_or_name_are_refused_with_the_field_named(tmp_path, field, message):
+    reg = tmp_path / "registry.toml"
+    root = "" if field.startswith("root") else 'root = "/x"\n'
+    reg.write_text(f'[datasets.fruit]\nkind = "imagefolder"\n{root}{field}\n')
+    with pytest.raises(CliplabError, match="dataset 'fruit' in .*" + __import__("re").escape(message)):
+        load_registry(reg)
+
+
+def test_allow_empty_classes_from_the_registry(tmp_path):
+    from PIL import Image
+
+    from resources.datasets import DatasetCatalog
+
+    for c in ("apple", "pear"):
+        (tmp_path / "fruit" / c).mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "fruit" / "apple" / "a.png")
+    reg = tmp_path / "registry.toml"
+    reg.write_text(f'[datasets.fruit]\nkind = "imagefolder"\nroot = "{tmp_path / "fruit"}"\n')
+    with pytest.raises(CliplabError, match="pear holds no images"):
+        DatasetCatalog(registry=str(reg)).class_names("fruit")
+    reg.write_text(reg.read_text() + "allow_empty_classes = true\n")
+    assert DatasetCatalog(registry=str(reg)).class_names("fruit") == ["apple", "pear"]

@@ -57,24 +57,48 @@ def test_imagenet_folder_uses_the_published_bank(quick_root, tmp_path, monkeypat
     assert meta["descriptors shared by several classes"].value == 500
 
 
-def test_own_descriptor_file_and_missing_bank(tmp_path):
+def test_own_descriptor_file_matched_by_class_name_and_missing_bank(tmp_path):
     import json
 
     import pytest
+    from PIL import Image
 
     from cliplab.errors import CliplabError
+    from resources.datasets import DatasetCatalog
     from resources.reference_data import ReferenceData
-    from resources.registry import load_registry
 
-    (tmp_path / "d.json").write_text(json.dumps({"cat": ["whiskers", "fur"], "dog": ["fur", "a wagging tail"]}))
+    for c in ("cat", "dog"):
+        (tmp_path / "pets" / c).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "pets" / c / "a.png")
+    good = tmp_path / "d.json"  # the file lists dog first: classes are matched by name, not position
+    good.write_text(json.dumps({"Dog": ["fur", "a wagging tail"], "cat": ["whiskers", "fur"]}))
     reg = tmp_path / "r.toml"
-    reg.write_text(f'[datasets.pets]\nkind = "imagefolder"\nroot = "/x"\ndescriptors = "{tmp_path / "d.json"}"\n'
-                   '[datasets.plain]\nkind = "imagefolder"\nroot = "/x"\n')
-    registry, ref = load_registry(reg), ReferenceData(cache_dir=str(tmp_path))
-    bank = descriptors.bank_for(registry.dataset("pets"), ref)
-    assert bank.descriptors == ("whiskers", "fur", "a wagging tail") and bank.classes[1] == (0, 1)
+
+    def bank(content=None):
+        if content is not None:
+            good.write_text(content if isinstance(content, str) else json.dumps(content))
+        reg.write_text(f'[datasets.pets]\nkind = "imagefolder"\nroot = "{tmp_path / "pets"}"\ndescriptors = "{good}"\n'
+                       f'[datasets.plain]\nkind = "imagefolder"\nroot = "/x"\n')
+        catalog = DatasetCatalog(registry=str(reg))
+        return descriptors.bank_for(catalog.spec("pets"), ReferenceData(cache_dir=str(tmp_path)), catalog)
+
+    b = bank()
+    assert b.class_names == ("cat", "dog")
+    assert b.descriptors == ("whiskers", "fur", "a wagging tail") and b.classes[1] == (0, 1) and b.classes[2] == (1,)
+    for content, message in [
+        ({"cat": "whiskers", "dog": ["fur"]}, "class 'cat': descriptors must be a non-empty list of non-empty strings"),
+        ([], "must be a JSON object"), ({}, "must be a JSON object"),
+        ({"cat": ["x"], "dog": [""]}, "class 'dog'"),
+        ({"cat": ["x"], "dog": ["y"], "cow": ["z"]}, r"classes not in the dataset: \['cow'\]"),
+        ({"cat": ["x"]}, r"dataset classes without descriptors: \['dog'\]"),
+        ({"cat": ["x"], "Cat": ["y"], "dog": ["z"]}, "are the same class"),
+        ("{not json", "is not JSON"),
+    ]:
+        with pytest.raises(CliplabError, match=message):
+            bank(content)
     with pytest.raises(CliplabError, match="dataset 'plain' has no descriptor bank.*descriptors ="):
-        descriptors.bank_for(registry.dataset("plain"), ref)
+        catalog = DatasetCatalog(registry=str(reg))
+        descriptors.bank_for(catalog.spec("plain"), ReferenceData(cache_dir=str(tmp_path)), catalog)
 
 
 def test_class_descriptors_are_the_nearest_descriptors(quick_root):
