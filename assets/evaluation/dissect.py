@@ -61,8 +61,6 @@ def neuron_concepts(context: AssetExecutionContext, config: DissectConfig, datas
                     store: ArtifactStore, lance: LanceStore, reference: ReferenceData) -> MaterializeResult:
     """Best and second-best concept per neuron of one ViT block (soft-WPMI ↑), and a searchable vector per neuron."""
     model, dataset = model_and_dataset(context)
-    positive("batch_size", config.batch_size)
-    positive("top_k", config.top_k)
     n = probe_image_count(datasets, dataset, config.images)
     probe_key = config.probe or model
     zoo.spec(probe_key)  # an unknown probe fails before any model is loaded

@@ -50,7 +50,6 @@ def explanation_robustness(context: AssetExecutionContext, config: ExplanationRo
                            zoo: ModelZoo, store: ArtifactStore) -> MaterializeResult:
     """SSIM between the saliency map of x and of x + N(0, s²), s = 1…9/255: mean and 95 % CI per method and s."""
     model, dataset = model_and_dataset(context)
-    positive("batch_size", config.batch_size)
     check_target(config.target)
     n = positive("images", config.images) or dataset_default(datasets, dataset, "robustness_images", 256)
     if not config.sigmas or any(s <= 0 for s in config.sigmas):

@@ -56,7 +56,6 @@ def roar(context: AssetExecutionContext, config: RoarConfig, datasets: DatasetCa
          store: ArtifactStore) -> MaterializeResult:
     """Test top-1 ↓ of a probe retrained after removing each method's (and random) top-t % pixels; area ↑ vs random."""
     model, dataset = model_and_dataset(context)
-    positive("batch_size", config.batch_size)
     fractions = check_fractions(config.fractions)
     n_train = (positive("train_images", config.train_images)
                or dataset_default(datasets, dataset, "roar_train_images", 2000))

@@ -57,7 +57,6 @@ def saliency_maps(context: AssetExecutionContext, config: SaliencyConfig, datase
     import torch.nn.functional as F
 
     model, dataset = model_and_dataset(context)
-    positive("batch_size", config.batch_size)
     check_target(config.target)
     positive("images", config.images)
     if config.downsample < 0:

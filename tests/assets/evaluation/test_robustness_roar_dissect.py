@@ -258,14 +258,14 @@ def test_another_probe_model_with_the_same_weights_gives_the_same_labels(env, di
 @pytest.mark.parametrize("asset, cfg, message", [
     (robustness.zero_shot_robustness, {"eps": [0.0]}, "eps must be distinct radii"),
     (robustness.zero_shot_robustness, {"attacks": ["fgsm"]}, "attacks must be a non-empty list"),
-    (robustness.zero_shot_robustness, {"n_iter": 0}, "n_iter must be >= 1"),
+    (robustness.zero_shot_robustness, {"n_iter": 0}, "n_iter\n  Input should be greater than or equal to 1"),
     (roar_assets.roar, {"fractions": [0.5]}, "fractions must be at least two"),
     (roar_assets.roar, {"fractions": [0.5, 0.2]}, "fractions must be at least two"),
     (roar_assets.roar, {"methods": ["lime"]}, "saliency methods must be"),
     (roar_assets.roar, {"train_images": 0}, "train_images must be >= 1"),
     (dissect.neuron_concepts, {"layer": 4}, "layer 4 is outside 'toy-vit.s0''s 4 blocks"),
     (dissect.neuron_concepts, {"probe": "no-such-model"}, "unknown model 'no-such-model'"),
-    (dissect.neuron_concepts, {"top_k": 0}, "top_k must be >= 1"),
+    (dissect.neuron_concepts, {"top_k": 0}, "top_k\n  Input should be greater than or equal to 1"),
 ])
 def test_bad_configs_fail_before_anything_is_written(env, robust_run, roar_run, dissect_run, asset, cfg, message):
     assert_fails_untouched(env, asset, cfg, message)
