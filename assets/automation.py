@@ -42,6 +42,7 @@ def operated(assets: Sequence[AssetsDefinition]) -> Sequence[AssetsDefinition]:
     """Every asset with owners and a `method` tag; every (model, dataset) analysis with ANALYSIS and every
     unpartitioned table computed from them with REFRESH (toyworld and checkpoints are the sensor's)."""
     by_key = {spec.key: spec for a in assets for spec in a.specs}
+    who = owners()
 
     def attach(spec, pool):
         partitioned = isinstance(spec.partitions_def, MultiPartitionsDefinition)
@@ -49,6 +50,6 @@ def operated(assets: Sequence[AssetsDefinition]) -> Sequence[AssetsDefinition]:
                                           MultiPartitionsDefinition) for d in spec.deps)
         condition = ANALYSIS if partitioned else REFRESH if reads_partitions else spec.automation_condition
         tags = {"method": METHOD.get(spec.group_name or "", "other"), "device": "gpu" if pool == "gpu" else "cpu"}
-        return spec.replace_attributes(automation_condition=condition, owners=owners(), tags={**spec.tags, **tags})
+        return spec.replace_attributes(automation_condition=condition, owners=who, tags={**spec.tags, **tags})
 
     return [b for a in assets for b in map_asset_specs(lambda spec, pool=a.node_def.pool: attach(spec, pool), [a])]

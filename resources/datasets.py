@@ -134,6 +134,11 @@ class DatasetCatalog(ConfigurableResource):
     def toyworld_path(self, split: str) -> Path:
         return Path(self.artifacts_root) / TOYWORLD_ASSET / f"split={validate_key(split, 'split')}" / "part-0.parquet"
 
+    def _scan(self, spec: DatasetSpec):
+        """The folder layout of a folder dataset (paths, labels, class names); no image is read."""
+        return scan_folder(spec.root, spec.kind, split=spec.split or None, synsets=spec.synsets or None,
+                           allow_empty_classes=self.allow_empty_classes or spec.options.get("allow_empty_classes", False))
+
     def class_names(self, key: str) -> list[str]:
         """The dataset's class names in label order, from its folder layout alone (no image is read)."""
         from cliplab.toy import toyworld
@@ -141,8 +146,7 @@ class DatasetCatalog(ConfigurableResource):
         spec = self.spec(key)
         if spec.kind == "toyworld":
             return list(toyworld.class_names())
-        return list(scan_folder(spec.root, spec.kind, split=spec.split or None, synsets=spec.synsets or None,
-                                allow_empty_classes=self.allow_empty_classes or spec.options.get("allow_empty_classes", False)).class_names)
+        return list(self._scan(spec).class_names)
 
     def open(self, key: str, on_corrupt: str | None = None) -> DatasetView:
         """The dataset's view; `on_corrupt` overrides the resource's setting for this call."""
@@ -152,8 +156,7 @@ class DatasetCatalog(ConfigurableResource):
         spec = self.spec(key)
         if spec.kind == "toyworld":
             return self._open_toyworld(spec)
-        folder = scan_folder(spec.root, spec.kind, split=spec.split or None, synsets=spec.synsets or None,
-                             allow_empty_classes=self.allow_empty_classes or spec.options.get("allow_empty_classes", False))
+        folder = self._scan(spec)
         corrupt = check_images(folder.paths, workers=max(1, self.num_workers or 2))
         if corrupt and on_corrupt == "fail":
             listed = "; ".join(f"{p}: {why}" for p, why in corrupt[:5])

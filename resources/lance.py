@@ -33,6 +33,11 @@ def _width(schema: pa.Schema) -> int | None:
     return kind.list_size if pa.types.is_fixed_size_list(kind) else None
 
 
+def _variant_names(db, table: str) -> list[str]:
+    """The names of logical `table`'s physical tables (one per vector width)."""
+    return [n for n in db.list_tables().tables if n == table or n.startswith(f"{table}__d")]
+
+
 WRITE_ATTEMPTS = 8  # commits that lose a race with another writer are retried on the new version
 
 
@@ -71,7 +76,7 @@ class LanceStore(ConfigurableResource):
         _retried(lambda: target.merge_insert(["model", "dataset", key]).when_matched_update_all()
                  .when_not_matched_insert_all().when_not_matched_by_source_delete(scope).execute(data),
                  f"LanceDB table {target.name!r}: writing model={model}, dataset={dataset}")
-        for other in self._variants(db, table):  # the partition's rows of another width (new weights, new architecture)
+        for other in _variant_names(db, table):  # the partition's rows of another width (new weights, new architecture)
             if other != target.name:
                 _retried(lambda other=other: db.open_table(other).delete(scope), f"LanceDB table {other!r}: deleting {scope}")
         self._tidy(target)
@@ -107,10 +112,9 @@ class LanceStore(ConfigurableResource):
         """The physical tables of logical `table` → their vector width (a table another writer is still creating
         and cannot be opened yet is left out)."""
         out = {}
-        for name in db.list_tables().tables:
-            if name == table or name.startswith(f"{table}__d"):
-                with contextlib.suppress(Exception):
-                    out[name] = _width(db.open_table(name).schema)
+        for name in _variant_names(db, table):
+            with contextlib.suppress(Exception):
+                out[name] = _width(db.open_table(name).schema)
         return out
 
     def table(self, table: str, model: str | None = None, width: int | None = None):

@@ -142,21 +142,17 @@ def test_cliplab_ui_serves_the_lineage_with_both_partition_dimensions(ran):
             server.wait(timeout=30)
     import psutil
 
+    from pipelines.liveness import is_alive
+
     def group(pid):
         try:
             return os.getpgid(pid)
         except OSError:
             return None
 
-    def alive(p):
-        try:
-            return p.status() != psutil.STATUS_ZOMBIE
-        except psutil.Error:
-            return False
-
     # dagster dev's code servers notice their parent is gone on their next heartbeat and exit then (≈ 40 s here)
     deadline = time.time() + 120
-    while (leftover := [p.pid for p in psutil.process_iter() if group(p.pid) == server.pid and alive(p)]) and \
+    while (leftover := [p.pid for p in psutil.process_iter() if group(p.pid) == server.pid and is_alive(p.pid)]) and \
             time.time() < deadline:
         time.sleep(2)
     if leftover:

@@ -5,7 +5,6 @@ is present exactly once."""
 import subprocess
 import sys
 import textwrap
-import time
 
 import polars as pl
 import pytest
@@ -64,10 +63,8 @@ def test_two_writers_creating_one_table_lose_nothing(tmp_path, attempt):
 
 
 def test_stress_four_processes_three_partitions_each(tmp_path):
-    t0 = time.monotonic()
-    _race(tmp_path, processes=4, partitions=3)
+    _race(tmp_path, processes=4, partitions=3)  # a writer waiting on another for ever times out in _race
     _check(tmp_path, 4, 3)
-    assert time.monotonic() - t0 < 300  # bounded: no writer waits on another for ever
 
 
 def test_rewrites_do_not_grow_the_table_for_ever(tmp_path):
