@@ -9,7 +9,7 @@ from assets._report import table_metadata
 from assets.partitions import MODEL_CHECKPOINT, model_and_dataset, model_dataset
 from assets.toy.world import toyworld
 from cliplab.zeroshot import class_embeddings
-from resources.datasets import DatasetCatalog
+from resources.datasets import DatasetCatalog, DatasetView
 from resources.lance import LanceStore
 from resources.models import ModelZoo
 from resources.store import ArtifactStore
@@ -24,16 +24,16 @@ def dataset_manifest(context: AssetExecutionContext, config: ManifestConfig, dat
                      zoo: ModelZoo, store: ArtifactStore) -> MaterializeResult:
     """One row per usable image: image_id, path (folders) or toy_index (toyworld), label, class_name."""
     model, dataset = model_and_dataset(context)
-    zoo.spec(model)  # an unknown model fails here, before any work
+    zoo.check_ready(model)  # an unknown model or unusable checkpoint fails here, before any image is decoded
     view = datasets.open(dataset, on_corrupt=config.on_corrupt)
     path = store.write("dataset_manifest", view.manifest, model=model, dataset=dataset)
-    if view.corrupt:
-        context.log.warning(f"{len(view.corrupt)} corrupt image(s) skipped: {view.corrupt[:5]}")
+    if view.skipped:
+        context.log.warning(f"{len(view.skipped)} file(s) skipped: {view.skipped[:5]}")
     return MaterializeResult(metadata={
         "dagster/row_count": len(view.manifest),
         "classes": len(view.class_names),
         "templates": len(view.templates),
-        "corrupt images skipped": MetadataValue.json([{"image_id": i, "reason": r} for i, r in view.corrupt]),
+        "skipped files": MetadataValue.json([{"file": i, "reason": r} for i, r in view.skipped]),
         **table_metadata(path),
     })
 
@@ -46,7 +46,7 @@ def class_text_embeddings(context: AssetExecutionContext, datasets: DatasetCatal
     import torch
 
     model, dataset = model_and_dataset(context)
-    view = datasets.open(dataset)
+    view = partition_view(datasets, store, model, dataset)
     m = zoo.load(model)
     with torch.inference_mode():
         weights = class_embeddings(lambda t: m.model.encode_text(t.to(m.device)), m.tokenizer, view.class_names, view.templates)
@@ -66,6 +66,11 @@ def class_text_embeddings(context: AssetExecutionContext, datasets: DatasetCatal
         "dagster/row_count": k, "embedding dim": d, "templates per class": len(view.templates),
         **table_metadata(path), "lancedb table": f"{lance.uri}/class_text_embeddings",
     })
+
+
+def partition_view(datasets: DatasetCatalog, store: ArtifactStore, model: str, dataset: str) -> DatasetView:
+    """The dataset as this partition's `dataset_manifest` stored it: its usable images, none decoded again."""
+    return datasets.open(dataset, manifest=store.read("dataset_manifest", model=model, dataset=dataset).collect())
 
 
 def read_class_weights(store: ArtifactStore, model: str, dataset: str):

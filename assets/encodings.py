@@ -23,7 +23,7 @@ from pydantic import Field
 from assets import checks
 from assets._arrow import vectors
 from assets._report import Progress, png_metadata, table_metadata
-from assets.data import class_text_embeddings, dataset_manifest, read_class_weights
+from assets.data import class_text_embeddings, dataset_manifest, partition_view, read_class_weights
 from assets.partitions import MODEL_CHECKPOINT, model_and_dataset, model_dataset
 from cliplab import plots
 from cliplab.features import patch_features as extract_patch_features
@@ -77,7 +77,7 @@ def image_encodings(context: AssetExecutionContext, config: EncodeConfig, datase
 
     model, dataset = model_and_dataset(context)
     selected = set(context.op_execution_context.selected_output_names)
-    view = datasets.open(dataset)
+    view = partition_view(datasets, store, model, dataset)
     m = zoo.load(model)
     weights = read_class_weights(store, model, dataset).to(m.device) if "zero_shot_predictions" in selected else None
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if m.device.startswith("cuda") else contextlib.nullcontext()

@@ -22,7 +22,8 @@ import pyarrow.parquet as pq
 from dagster import ConfigurableResource
 
 from cliplab.errors import CliplabError
-from resources.folders import check_images, load_rgb, scan_folder
+from resources.folders import check_images, scan_folder
+from resources.images import MAX_PIXELS, decode_image
 from resources.registry import DatasetSpec, load_registry, validate_key
 
 if TYPE_CHECKING:
@@ -68,15 +69,9 @@ def toyworld_table(batch, split: str) -> pa.Table:
     }, schema=TOYWORLD_SCHEMA)
 
 
-def decode_png(data: bytes):
-    from PIL import Image
-
-    return Image.open(io.BytesIO(data)).convert("RGB")
-
-
 def decode_images(pngs) -> np.ndarray:
-    """PNG bytes (n,) → uint8 images (n, H, W, 3)."""
-    return np.stack([np.asarray(decode_png(b)) for b in pngs])
+    """Encoded images (n,) of one size → uint8 images (n, H, W, 3)."""
+    return np.stack([np.asarray(decode_image(b)) for b in pngs])
 
 
 def decode_part_maps(table: pa.Table | pl.DataFrame) -> np.ndarray:
@@ -96,33 +91,35 @@ class DatasetView:
     class_names: list[str]
     templates: list[str]
     manifest: pl.DataFrame
-    corrupt: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file relative to the root, reason)
     split: str = ""  # toyworld: which split's images the manifest rows index
 
 
 class _Images:
     """torch Dataset over manifest rows: decodes and preprocesses one image (runs in DataLoader workers)."""
 
-    def __init__(self, rows: list[dict], preprocess, png_by_index: dict[int, bytes] | None):
-        self.rows, self.preprocess, self.png = rows, preprocess, png_by_index
+    def __init__(self, rows: list[dict], preprocess, png_by_index: dict[int, bytes] | None, max_pixels: int):
+        self.rows, self.preprocess, self.png, self.max_pixels = rows, preprocess, png_by_index, max_pixels
 
     def __len__(self):
         return len(self.rows)
 
     def __getitem__(self, i):
         row = self.rows[i]
-        img = decode_png(self.png[row["toy_index"]]) if self.png is not None else load_rgb(row["path"])
-        return i, self.preprocess(img)
+        source = self.png[row["toy_index"]] if self.png is not None else row["path"]
+        return i, self.preprocess(decode_image(source, self.max_pixels))
 
 
 class DatasetCatalog(ConfigurableResource):
-    """Opens datasets by key. `on_corrupt`: "skip" (drop and list corrupt images) or "fail"."""
+    """Opens datasets by key. `on_corrupt`: "skip" (drop and list corrupt images) or "fail"; `max_image_pixels`:
+    images larger than this are decoded reduced (`resources.images`)."""
 
     registry: str = "registry.toml"
     artifacts_root: str = "./artifacts"
     on_corrupt: str = "skip"
     allow_empty_classes: bool = False
     num_workers: int = 0
+    max_image_pixels: int = MAX_PIXELS
 
     def spec(self, key: str) -> DatasetSpec:
         return load_registry(self.registry, {}).dataset(key)  # only its own entry must be valid
@@ -137,7 +134,8 @@ class DatasetCatalog(ConfigurableResource):
     def _scan(self, spec: DatasetSpec):
         """The folder layout of a folder dataset (paths, labels, class names); no image is read."""
         return scan_folder(spec.root, spec.kind, split=spec.split or None, synsets=spec.synsets or None,
-                           allow_empty_classes=self.allow_empty_classes or spec.options.get("allow_empty_classes", False))
+                           allow_empty_classes=self.allow_empty_classes or spec.options.get("allow_empty_classes", False),
+                           follow_symlinks=spec.options.get("follow_symlinks", False))
 
     def class_names(self, key: str) -> list[str]:
         """The dataset's class names in label order, from its folder layout alone (no image is read)."""
@@ -148,16 +146,22 @@ class DatasetCatalog(ConfigurableResource):
             return list(toyworld.class_names())
         return list(self._scan(spec).class_names)
 
-    def open(self, key: str, on_corrupt: str | None = None) -> DatasetView:
-        """The dataset's view; `on_corrupt` overrides the resource's setting for this call."""
+    def open(self, key: str, on_corrupt: str | None = None, manifest: pl.DataFrame | None = None) -> DatasetView:
+        """The dataset's view: its folder scanned and every image decoded once to find the unusable ones
+        (`on_corrupt` overrides the resource's setting), or — given the `manifest` the dataset_manifest asset
+        stored — that manifest's rows, with no image read."""
         on_corrupt = on_corrupt or self.on_corrupt
         if on_corrupt not in ("skip", "fail"):
             raise CliplabError(f"on_corrupt must be 'skip' or 'fail', not {on_corrupt!r}")
         spec = self.spec(key)
         if spec.kind == "toyworld":
-            return self._open_toyworld(spec)
+            view = self._open_toyworld(spec)
+            return view if manifest is None else DatasetView(key, spec, view.class_names, view.templates,
+                                                             manifest.cast(MANIFEST_COLUMNS), split=view.split)
         folder = self._scan(spec)
-        corrupt = check_images(folder.paths, workers=max(1, self.num_workers or 2))
+        if manifest is not None:
+            return DatasetView(key, spec, list(folder.class_names), list(folder.templates), manifest.cast(MANIFEST_COLUMNS))
+        corrupt = check_images(folder.paths, workers=max(1, self.num_workers or 2), max_pixels=self.max_image_pixels)
         if corrupt and on_corrupt == "fail":
             listed = "; ".join(f"{p}: {why}" for p, why in corrupt[:5])
             raise CliplabError(f"dataset {key!r}: {len(corrupt)} corrupt image(s): {listed}")
@@ -173,8 +177,8 @@ class DatasetCatalog(ConfigurableResource):
             schema=MANIFEST_COLUMNS,
         ).filter(~pl.col("path").is_in(list(bad))).sort("label", "image_id")
         rel = {p: i for p, i in zip(folder.paths, folder.image_ids)}
-        return DatasetView(key, spec, list(folder.class_names), list(folder.templates), manifest,
-                           [(rel[p], why) for p, why in corrupt])
+        skipped = sorted([*folder.skipped, *((rel[p], f"cannot decode: {why}") for p, why in corrupt)])
+        return DatasetView(key, spec, list(folder.class_names), list(folder.templates), manifest, skipped)
 
     def open_training(self, key: str) -> DatasetView:
         """The images a model is fine-tuned on: toyworld's train split; a folder dataset as registered."""
@@ -278,5 +282,5 @@ class DatasetCatalog(ConfigurableResource):
         if view.spec.kind == "toyworld":
             tbl = pq.read_table(self.toyworld_path(view.split or view.spec.split or "val"), columns=["toy_index", "image_png"])
             png = dict(zip(tbl.column("toy_index").to_pylist(), tbl.column("image_png").to_pylist()))
-        images = _Images(view.manifest.to_dicts(), preprocess, png)
+        images = _Images(view.manifest.to_dicts(), preprocess, png, self.max_image_pixels)
         return torch.utils.data.DataLoader(images, num_workers=self.num_workers, persistent_workers=False, **batching)

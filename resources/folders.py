@@ -11,6 +11,10 @@ Pure functions over the file system; no Dagster. Four layouts are known:
 
 Every sample is identified by ``image_id``, its path relative to ``root`` in posix form, and samples
 are sorted by it, so the order never depends on the file system's listing order.
+
+Nothing is dropped silently: a file that is not an image PIL opens, a hidden file or folder, a symlinked
+folder, and a symlink whose target lies outside ``root`` (unless ``follow_symlinks``) are listed in
+``skipped`` with the reason.
 """
 
 from __future__ import annotations
@@ -18,14 +22,11 @@ from __future__ import annotations
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image
-
 from cliplab.errors import CliplabError
-
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+from resources.images import MAX_PIXELS, decode_image, image_extensions
 
 # The domain-neutral part of OpenAI's 80 ImageNet prompts: nothing about sculptures, tattoos or video
 # games, which would be wrong for an arbitrary folder of photos.
@@ -52,6 +53,32 @@ PLACES365_IMAGE_DIRS = ("val_256", "val_large")  # first one present wins
 _Scan = tuple[list[str], tuple[str, ...], list[tuple[str, int]], dict[int, str]]
 
 
+@dataclass
+class _Walk:
+    """The root being scanned and what its scan refused: (path relative to root, reason) pairs."""
+
+    root: Path
+    follow_symlinks: bool = False
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    extensions: frozenset[str] = field(default_factory=image_extensions)
+
+    def __post_init__(self):
+        self.real_root = self.root.resolve()
+
+    def skip(self, path: Path, reason: str) -> None:
+        self.skipped.append((path.relative_to(self.root).as_posix(), reason))
+
+    def usable(self, path: Path) -> bool:
+        """Whether a listed file may be read: a symlink must stay inside the root unless follow_symlinks."""
+        if self.follow_symlinks or not path.is_symlink():
+            return True
+        target = path.resolve()
+        if target.is_relative_to(self.real_root):
+            return True
+        self.skip(path, f"symlink to {target}, outside the dataset root (registry field follow_symlinks = true reads it)")
+        return False
+
+
 @dataclass(frozen=True)
 class FolderDataset:
     """One scanned dataset: parallel ``paths``/``labels``/``image_ids``, labels index ``class_names``."""
@@ -63,6 +90,7 @@ class FolderDataset:
     paths: tuple[str, ...]
     labels: tuple[int, ...]
     image_ids: tuple[str, ...]
+    skipped: tuple[tuple[str, str], ...] = ()  # (path relative to root, why it is not a sample)
 
 
 def scan_folder(
@@ -72,12 +100,14 @@ def scan_folder(
     split: str | None = None,
     synsets: str | None = None,
     allow_empty_classes: bool = False,
+    follow_symlinks: bool = False,
 ) -> FolderDataset:
     """Scan ``root`` as ``layout``; raise CliplabError naming whatever is missing or malformed.
 
     ``split`` ("test" or "train", default "test") applies to food101 only, ``synsets`` (a
     LOC_synset_mapping.txt) to imagenet only. A class with no images is an error unless
     ``allow_empty_classes``, in which case it keeps its index and name but has no samples.
+    ``follow_symlinks`` reads symlinks (files and folders) whose target lies outside ``root``.
     """
     if layout not in _SCANNERS:
         raise CliplabError(f"unknown folder layout {layout!r}; known layouts: {', '.join(_SCANNERS)}")
@@ -87,7 +117,8 @@ def scan_folder(
         raise CliplabError(f"synsets={synsets!r} only applies to the imagenet layout, not {layout!r}")
     root_path = _existing_root(root)
     options = {"food101": {"split": split}, "imagenet": {"synsets": synsets}}.get(layout, {})
-    class_names, templates, samples, empty_means = _SCANNERS[layout](root_path, **options)
+    walk = _Walk(root_path, follow_symlinks)
+    class_names, templates, samples, empty_means = _SCANNERS[layout](walk, **options)
     _check_classes(root_path, layout, samples, empty_means, allow_empty_classes)
     samples.sort()
     return FolderDataset(
@@ -98,21 +129,11 @@ def scan_folder(
         paths=tuple(str(root_path / image_id) for image_id, _ in samples),
         labels=tuple(label for _, label in samples),
         image_ids=tuple(image_id for image_id, _ in samples),
+        skipped=tuple(sorted(walk.skipped)),
     )
 
 
-def load_rgb(path: str | os.PathLike) -> Image.Image:
-    """Decode ``path`` fully into an RGB image; a corrupt or truncated file raises CliplabError naming it."""
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    # PIL's format plugins raise many unrelated types (OSError, SyntaxError, ValueError, struct.error...)
-    # on malformed bytes; all of them mean "this file cannot be used".
-    except Exception as exc:
-        raise CliplabError(f"cannot decode image {os.fspath(path)}: {type(exc).__name__}: {exc}") from exc
-
-
-def check_images(paths, *, workers: int = 2) -> list[tuple[str, str]]:
+def check_images(paths, *, workers: int = 2, max_pixels: int = MAX_PIXELS) -> list[tuple[str, str]]:
     """Return ``(path, reason)`` for every path that cannot be fully decoded, in input order.
 
     Relies on PIL's default ``ImageFile.LOAD_TRUNCATED_IMAGES = False``; a caller that flips it makes
@@ -120,13 +141,13 @@ def check_images(paths, *, workers: int = 2) -> list[tuple[str, str]]:
     """
     paths = [os.fspath(p) for p in paths]
     with ThreadPoolExecutor(max_workers=workers) as pool:  # PIL decoders release the GIL
-        reasons = list(pool.map(_decode_failure, paths))
+        reasons = list(pool.map(lambda path: _decode_failure(path, max_pixels), paths))
     return [(path, reason) for path, reason in zip(paths, reasons) if reason is not None]
 
 
-def _decode_failure(path: str) -> str | None:
+def _decode_failure(path: str, max_pixels: int) -> str | None:
     try:
-        load_rgb(path)
+        decode_image(path, max_pixels)
     except CliplabError as exc:
         cause = exc.__cause__
         return f"{type(cause).__name__}: {cause}"
@@ -164,24 +185,51 @@ def _check_classes(
             raise CliplabError(f"{message}; pass allow_empty_classes=True to keep the class anyway")
 
 
-def _is_visible_image(relative: Path) -> bool:
-    return relative.suffix.lower() in IMAGE_EXTENSIONS and not any(p.startswith(".") for p in relative.parts)
-
-
-def _class_folders(root: Path) -> list[Path]:
-    folders = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+def _class_folders(walk: _Walk) -> list[Path]:
+    """The root's class folders in name order; hidden entries, loose files and refused symlinks are skipped."""
+    folders = []
+    for path in walk.root.iterdir():
+        if path.name.startswith("."):
+            walk.skip(path, "hidden " + ("folder" if path.is_dir() else "file"))
+        elif not path.is_dir():
+            walk.skip(path, "file outside any class folder")
+        elif not path.is_symlink() or walk.follow_symlinks or path.resolve().is_relative_to(walk.real_root):
+            folders.append(path)
+        else:
+            walk.skip(path, f"symlinked folder to {path.resolve()}, outside the dataset root (follow_symlinks = true reads it)")
     if not folders:
-        raise CliplabError(f"no class folders found in {root}")
+        raise CliplabError(f"no class folders found in {walk.root}")
     return sorted(folders, key=lambda p: p.name)
 
 
-def _folder_images(root: Path, folder: Path) -> list[str]:
-    """Image ids (relative to ``root``) of the visible images anywhere below ``folder``."""
-    found = []
-    for path in folder.rglob("*"):
-        relative = path.relative_to(root)
-        if _is_visible_image(relative) and path.is_file():
-            found.append(relative.as_posix())
+def _folder_images(walk: _Walk, folder: Path) -> list[str]:
+    """Image ids (relative to the root) of the images anywhere below ``folder``; everything else is listed in
+    ``walk.skipped``. Symlinked folders are followed only with ``follow_symlinks`` (and never twice)."""
+    found, seen = [], {folder.resolve()}
+    for top, dirs, files in os.walk(folder, followlinks=walk.follow_symlinks):
+        top = Path(top)
+        for name in list(dirs):
+            path = top / name
+            if name.startswith("."):
+                walk.skip(path, "hidden folder")
+            elif path.is_symlink() and not walk.follow_symlinks:
+                walk.skip(path, f"symlinked folder (to {path.resolve()}): not followed; follow_symlinks = true reads it")
+            elif path.resolve() in seen:
+                walk.skip(path, "folder already scanned through another link")
+            else:
+                seen.add(path.resolve())
+                continue
+            dirs.remove(name)
+        for name in files:
+            path = top / name
+            if name.startswith("."):
+                walk.skip(path, "hidden file")
+            elif path.suffix.lower() not in walk.extensions:
+                walk.skip(path, f"not an image format PIL opens ({path.suffix or 'no extension'})")
+            elif not path.is_file():
+                walk.skip(path, "broken symlink or not a regular file")
+            elif walk.usable(path):
+                found.append(path.relative_to(walk.root).as_posix())
     return found
 
 
@@ -189,28 +237,29 @@ def _empty_folder(folder: Path) -> str:
     return f"class folder {folder} holds no images"
 
 
-def _scan_imagefolder(root: Path) -> _Scan:
-    folders = _class_folders(root)
+def _scan_imagefolder(walk: _Walk) -> _Scan:
+    folders = _class_folders(walk)
     samples = []
     for label, folder in enumerate(folders):
-        samples.extend((image_id, label) for image_id in _folder_images(root, folder))
+        samples.extend((image_id, label) for image_id in _folder_images(walk, folder))
     class_names = [folder.name.replace("_", " ") for folder in folders]
     empty_means = {label: _empty_folder(folder) for label, folder in enumerate(folders)}
     return class_names, IMAGEFOLDER_TEMPLATES, samples, empty_means
 
 
-def _scan_imagenet(root: Path, synsets: str | None) -> _Scan:
+def _scan_imagenet(walk: _Walk, synsets: str | None) -> _Scan:
     # Imported here because open_clip pulls in torch: seconds that the other layouts should not pay.
     from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES
 
-    folders = _class_folders(root)
+    root = walk.root
+    folders = _class_folders(walk)
     for folder in folders:
         if not _WNID.fullmatch(folder.name):
             raise CliplabError(f"folder {folder} is not an ImageNet wnid (n followed by 8 digits)")
     index_of = _wnid_index(root, [f.name for f in folders], synsets)
     samples = []
     for folder in folders:
-        samples.extend((image_id, index_of[folder.name]) for image_id in _folder_images(root, folder))
+        samples.extend((image_id, index_of[folder.name]) for image_id in _folder_images(walk, folder))
     # open_clip stores the templates as lambdas; calling one with "{}" gives back its format string.
     templates = tuple(template("{}") for template in OPENAI_IMAGENET_TEMPLATES)
     empty_means = {index_of[folder.name]: _empty_folder(folder) for folder in folders}
@@ -255,7 +304,8 @@ def _read_synset_mapping(path: Path) -> dict[str, int]:
     return index_of
 
 
-def _scan_food101(root: Path, split: str | None) -> _Scan:
+def _scan_food101(walk: _Walk, split: str | None) -> _Scan:
+    root = walk.root
     split = "test" if split is None else split
     if split not in FOOD101_SPLITS:
         raise CliplabError(f"food101 split {split!r} is not one of {', '.join(FOOD101_SPLITS)}")
@@ -268,8 +318,8 @@ def _scan_food101(root: Path, split: str | None) -> _Scan:
         if folder not in label_of:
             raise CliplabError(f"{split_file}:{lineno}: class {folder!r} is not in meta/classes.txt")
         image_id = f"images/{line}.jpg"
-        _require_file(root / image_id, split_file, lineno)
-        samples.append((image_id, label_of[folder]))
+        if _listed_file(walk, root / image_id, split_file, lineno):
+            samples.append((image_id, label_of[folder]))
     class_names = [folder.replace("_", " ") for folder in folders]
     empty_means = {
         label: f"class folder {root / 'images' / folder} has no images listed in {split_file}"
@@ -278,7 +328,8 @@ def _scan_food101(root: Path, split: str | None) -> _Scan:
     return class_names, FOOD101_TEMPLATES, samples, empty_means
 
 
-def _scan_places365(root: Path) -> _Scan:
+def _scan_places365(walk: _Walk) -> _Scan:
+    root = walk.root
     image_dir = next((root / d for d in PLACES365_IMAGE_DIRS if (root / d).is_dir()), None)
     if image_dir is None:
         folders = " nor ".join(PLACES365_IMAGE_DIRS)
@@ -297,8 +348,8 @@ def _scan_places365(root: Path) -> _Scan:
                 f"{val_file}:{lineno}: label {label} is out of range for {len(class_names)} categories"
             )
         image_id = f"{image_dir.name}/{name}"
-        _require_file(root / image_id, val_file, lineno)
-        samples.append((image_id, label))
+        if _listed_file(walk, root / image_id, val_file, lineno):
+            samples.append((image_id, label))
     empty_means = {
         label: f"category {label} ({name}) of {categories_file} has no images listed in {val_file}"
         for label, name in enumerate(class_names)
@@ -327,9 +378,11 @@ def _meta_lines(path: Path) -> list[tuple[int, str]]:
         return [(n, line.strip()) for n, line in enumerate(handle, 1) if line.strip()]
 
 
-def _require_file(path: Path, meta_file: Path, lineno: int) -> None:
+def _listed_file(walk: _Walk, path: Path, meta_file: Path, lineno: int) -> bool:
+    """Whether a file a metadata line lists may be read (a missing one is an error, an outside symlink skipped)."""
     if not path.is_file():
         raise CliplabError(f"{meta_file}:{lineno} points to {path}, which does not exist")
+    return walk.usable(path)
 
 
 _SCANNERS = {

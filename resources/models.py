@@ -427,9 +427,23 @@ class ModelZoo(ConfigurableResource):
             return self.folder_weights(self.checkpoint_dir(key))
         if spec.kind in ("open_clip", "checkpoint"):
             return self.source_weights(spec)
-        raise CliplabError(
-            f"model {key!r} ({spec.kind}) has no checkpoint in {self.checkpoint_dir(key)}: materialise the `checkpoint` "
-            f"asset for partition {key!r} first (`cliplab run --model {key}` does)")
+        raise self._not_materialised(spec)
+
+    def _not_materialised(self, spec: ModelSpec) -> CliplabError:
+        return CliplabError(
+            f"model {spec.key!r} ({spec.kind}) has no checkpoint in {self.checkpoint_dir(spec.key)}: materialise the "
+            f"`checkpoint` asset for partition {spec.key!r} first (`cliplab run --model {spec.key}` does)")
+
+    def check_ready(self, key: str) -> None:
+        """Raise unless the weights of `key` are there to load (cheap: nothing is loaded or downloaded), so that a
+        partition fails on a bad checkpoint before it reads a single image."""
+        if (reason := self.preflight(key)) is not None:
+            raise CliplabError(reason)
+        spec = self.spec(key)
+        if spec.kind in ("toy", "aft") and not self.has_checkpoint(key):
+            raise self._not_materialised(spec)
+        if spec.kind == "local-dir":
+            read_sidecar(spec.path)
 
     def folder_weights(self, folder: str | Path) -> Weights:
         """A checkpoint folder in open_clip's local-dir layout (`save_checkpoint`), verified against its architecture."""

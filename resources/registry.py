@@ -251,6 +251,7 @@ DATASET_OPTIONS: dict[str, tuple[type, str]] = {
     "masks": (str, "the folder of part/object masks"),
     "mask_format": (str, "how the masks are stored"),
     "allow_empty_classes": (bool, "keep class folders without images"),
+    "follow_symlinks": (bool, "read symlinks whose target lies outside root"),
     "mi_u": (int, "|D_y| for the MI curves"),
     "dv_top": (int, "descriptor candidates per concept"),
     "robust_images": (int, "images attacked by APGD"),

@@ -67,7 +67,7 @@ def subset(view: DatasetView, n: int | None, seed: int) -> DatasetView:
         return view
     rows = np.sort(np.random.default_rng(seed).permutation(len(view.manifest))[:n])
     return DatasetView(view.key, view.spec, view.class_names, view.templates, view.manifest[rows.tolist()],
-                       view.corrupt, split=view.split)
+                       view.skipped, split=view.split)
 
 
 def dataset_default(datasets: DatasetCatalog, dataset: str, name: str, default: int) -> int:

@@ -26,6 +26,7 @@ from pydantic import Field
 
 from assets._arrow import vectors
 from assets._report import Progress, png_metadata, table_metadata
+from assets.data import partition_view
 from assets.evaluation._common import dataset_default, positive, subset
 from assets.evaluation.saliency import related_models
 from assets.partitions import MODEL_CHECKPOINT, model_and_dataset, model_dataset
@@ -68,7 +69,7 @@ def neuron_concepts(context: AssetExecutionContext, config: DissectConfig, datas
     layer = check_layer(m, config.layer)
     probe = m if probe_key == model else zoo.load(probe_key)
     source, concepts = concept_set(datasets, reference, dataset)
-    view = subset(datasets.open(dataset), n, config.seed)
+    view = subset(partition_view(datasets, store, model, dataset), n, config.seed)
     if view.manifest.is_empty():
         raise CliplabError(f"dataset {dataset!r} has no usable probe images")
     progress = Progress(context, len(view.manifest), f"CLIP-Dissect {model} × {dataset}")

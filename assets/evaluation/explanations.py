@@ -13,6 +13,7 @@ from dagster import AssetExecutionContext, AssetKey, Config, MaterializeResult, 
 from pydantic import Field
 
 from assets._report import Progress, png_metadata, table_metadata
+from assets.data import partition_view
 from assets.evaluation._common import (
     applicable_methods,
     check_target,
@@ -56,7 +57,7 @@ def explanation_robustness(context: AssetExecutionContext, config: ExplanationRo
         raise CliplabError(f"sigmas must be a non-empty list of positive noise levels (1/255), got {config.sigmas}")
     pm = pixel_model(zoo, store, model, dataset)
     methods, skipped = applicable_methods(list(config.methods), pm.family, SALIENCY_METHODS)
-    view = subset(datasets.open(dataset), n, config.seed)
+    view = subset(partition_view(datasets, store, model, dataset), n, config.seed)
     if len(view.manifest) < 2:
         raise CliplabError(f"explanation_robustness needs at least 2 images for a confidence interval, {dataset!r} has {len(view.manifest)}")
     sigmas = tuple(s / 255 for s in config.sigmas)

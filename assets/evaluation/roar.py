@@ -24,6 +24,7 @@ from dagster import AssetExecutionContext, AssetKey, Config, MaterializeResult, 
 from pydantic import Field
 
 from assets._report import Progress, png_metadata, table_metadata
+from assets.data import partition_view
 from assets.evaluation._common import PixelModel, applicable_methods, dataset_default, pixel_model, positive, subset
 from assets.partitions import MODEL_CHECKPOINT, model_and_dataset, model_dataset
 from cliplab import plots
@@ -64,7 +65,7 @@ def roar(context: AssetExecutionContext, config: RoarConfig, datasets: DatasetCa
     methods, skipped = applicable_methods(list(config.methods), pm.family, SALIENCY_METHODS)
     if not methods:
         raise CliplabError(f"no saliency method of {skipped} applies to {model!r}, a {pm.family}: nothing to compare")
-    train_view, test_view = roar_views(datasets, dataset, n_train, n_test, config.seed)
+    train_view, test_view = roar_views(datasets, partition_view(datasets, store, model, dataset), n_train, n_test, config.seed)
     n_images = len(train_view.manifest) + len(test_view.manifest)
     progress = Progress(context, n_images, f"ROAR saliency {model} × {dataset}")
     train = load_split(datasets, pm, train_view, methods, config.batch_size, progress)
@@ -113,18 +114,18 @@ def check_fractions(fractions: list[float]) -> list[float]:
     return t
 
 
-def roar_views(datasets: DatasetCatalog, dataset: str, n_train: int, n_test: int,
+def roar_views(datasets: DatasetCatalog, view: DatasetView, n_train: int, n_test: int,
                seed: int) -> tuple[DatasetView, DatasetView]:
     """(train view, test view), each a seeded subset of at most n images: toyworld's train and evaluation splits, or
     for a folder dataset the two halves of a seeded permutation of its images (disjoint; manifest order kept)."""
-    if datasets.spec(dataset).kind == "toyworld":
-        train, test = datasets.open_training(dataset), datasets.open(dataset)
+    dataset = view.key
+    if view.spec.kind == "toyworld":
+        train, test = datasets.open_training(dataset), view
     else:
-        view = datasets.open(dataset)
         order = np.random.default_rng(seed).permutation(len(view.manifest))
         half = len(order) // 2
         train, test = (DatasetView(view.key, view.spec, view.class_names, view.templates,
-                                   view.manifest[np.sort(rows).tolist()], view.corrupt)
+                                   view.manifest[np.sort(rows).tolist()], view.skipped)
                        for rows in (order[:half], order[half:]))
     train, test = subset(train, n_train, seed), subset(test, n_test, seed)
     if train.manifest["label"].n_unique() < 2 or test.manifest.is_empty():

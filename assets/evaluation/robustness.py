@@ -19,6 +19,7 @@ from dagster import AssetExecutionContext, AssetKey, Config, MaterializeResult, 
 from pydantic import Field
 
 from assets._report import Progress, png_metadata, table_metadata
+from assets.data import partition_view
 from assets.evaluation._common import dataset_default, pixel_model, positive, subset
 from assets.partitions import MODEL_CHECKPOINT, model_and_dataset, model_dataset
 from cliplab import plots
@@ -60,7 +61,7 @@ def zero_shot_robustness(context: AssetExecutionContext, config: RobustnessConfi
     skip_note = f"apgd-t: {dataset} has {n_classes} classes, DLR needs {DLR_MIN_CLASSES}" if skipped else "none"
     if skipped:
         context.log.warning(f"skipping {skip_note}; running {attacks} only")
-    view = subset(datasets.open(dataset), n, config.seed)
+    view = subset(partition_view(datasets, store, model, dataset), n, config.seed)
     if view.manifest.is_empty():
         raise CliplabError(f"dataset {dataset!r} has no usable images to attack")
     generators = {e: torch.Generator().manual_seed(config.seed) for e in eps}

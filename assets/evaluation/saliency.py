@@ -17,6 +17,7 @@ from pydantic import Field
 
 from assets._arrow import vectors
 from assets._report import Progress, png_metadata, table_metadata
+from assets.data import partition_view
 from assets.evaluation._common import applicable_methods, check_target, pixel_model, positive, subset, target_classes
 from assets.partitions import MODEL_CHECKPOINT, model_and_dataset, model_dataset
 from cliplab import plots
@@ -65,7 +66,7 @@ def saliency_maps(context: AssetExecutionContext, config: SaliencyConfig, datase
     methods, skipped = applicable_methods(list(config.methods), pm.family, SALIENCY_METHODS)
     if skipped:
         context.log.warning(f"{model} is a {pm.family}: skipping {skipped} (ViT only)")
-    view = subset(datasets.open(dataset), config.images, config.seed)
+    view = subset(partition_view(datasets, store, model, dataset), config.images, config.seed)
     h, w = pm.size
     small = config.downsample if 0 < config.downsample < max(h, w) else 0
     progress = Progress(context, len(view.manifest), f"saliency {model} × {dataset}")

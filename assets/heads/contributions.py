@@ -18,6 +18,7 @@ from pydantic import Field
 from assets import checks
 from assets._arrow import vectors
 from assets._report import Progress
+from assets.data import partition_view
 from assets.partitions import MODEL_CHECKPOINT, model_and_dataset, model_dataset
 from cliplab.errors import CliplabError
 from cliplab.heads.decomposition import decompose_image
@@ -64,7 +65,7 @@ def head_contributions(context: AssetExecutionContext, config: HeadConfig, datas
     import torch
 
     model, dataset = model_and_dataset(context)
-    view = datasets.open(dataset)
+    view = partition_view(datasets, store, model, dataset)
     m = zoo.load(model)
     which = "all" if config.all_layers else config.layers
     progress = Progress(context, len(view.manifest), f"head contributions {model} × {dataset}")

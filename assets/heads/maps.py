@@ -25,10 +25,12 @@ from dagster import (
 )
 
 from assets._report import png_metadata
+from assets.data import partition_view
 from assets.partitions import MODEL_CHECKPOINT, model_and_dataset, model_dataset
 from cliplab.errors import CliplabError
-from resources.datasets import DatasetCatalog, decode_png
+from resources.datasets import DatasetCatalog
 from resources.head_index import HeadIndex
+from resources.images import decode_image
 from resources.lance import LanceStore
 from resources.models import LoadedModel, ModelZoo
 from resources.store import ArtifactStore
@@ -92,7 +94,7 @@ class HeadAnalyses:
 
     def manifest(self) -> pl.DataFrame:
         if self._manifest is None:
-            self._manifest = self.datasets.open(self.dataset).manifest
+            self._manifest = partition_view(self.datasets, self.store, self.model_key, self.dataset).manifest
         return self._manifest
 
     def stored_pil(self, ids: list[str]) -> list:
@@ -111,10 +113,8 @@ class HeadAnalyses:
             table = pq.read_table(self.datasets.toyworld_path(split), columns=["image_id", "image_png"],
                                   filters=[("image_id", "in", ids)])
             png = dict(zip(table["image_id"].to_pylist(), table["image_png"].to_pylist()))
-            return [decode_png(png[i]) for i in ids]
-        from resources.folders import load_rgb
-
-        return [load_rgb(by_id[i]["path"]) for i in ids]
+            return [decode_image(png[i]) for i in ids]
+        return [decode_image(by_id[i]["path"]) for i in ids]
 
     def views(self, ids: list[str]) -> np.ndarray:
         """(k, H, W, 3) uint8: stored images as the model sees them."""
@@ -127,11 +127,9 @@ class HeadAnalyses:
         if path is not None:
             from pathlib import Path
 
-            from resources.folders import load_rgb
-
             if not Path(path).is_file():
                 raise CliplabError(f"image file {path} does not exist")
-            pil, name = load_rgb(path), Path(path).name
+            pil, name = decode_image(path), Path(path).name
         else:
             pil, name = self.stored_pil([image_id])[0], image_id
         pixels = self.m.preprocess(pil)

@@ -37,7 +37,7 @@ GENERAL_BANK, WORD_BANK = "image_descriptions_general", "google_3498_english"
 class SpanConfig(Config):
     k: int = Field(default=20, ge=1)  # texts per head kept (reference: 20 for the text-span study; labels use the top 5)
     ks: list[int] = [1, 2, 5, 10, 20]  # noqa: RUF012 (a pydantic field) — texts per head in the replacement evaluation (0 = heads at their mean)
-    r: str = "reference"  # rank of span(V_r): "reference" (80), "head_dim+3", or an integer
+    r: str = "reference"  # rank of span(V_r): "reference" (80), "numerical" (each head's numerical rank, recorded as rank_r), "head_dim+3", or an integer
     layers: int = Field(default=4, ge=1)  # span the heads of the last `layers` decomposed layers; earlier layers are mean-ablated
     banks: list[str] = []  # noqa: RUF012 (a pydantic field) — text banks; empty = the general bank, the word control and the dataset's own (toyworld's phrases)
 
@@ -57,6 +57,8 @@ def _stack(column: pl.Series):
 def _rank(r: str, zoo: ModelZoo, model: str):
     from cliplab.heads.textspan import REFERENCE_RANK
 
+    if r == "numerical":
+        return "numerical", None
     if r == "reference":
         return REFERENCE_RANK, None
     if r == "head_dim+3":
@@ -64,7 +66,15 @@ def _rank(r: str, zoo: ModelZoo, model: str):
         return "head_dim+3", attn.embed_dim // attn.num_heads
     if r.isdigit() and int(r) > 0:
         return int(r), None
-    raise CliplabError(f'config r must be "reference", "head_dim+3" or a positive integer; got {r!r}')
+    raise CliplabError(f'config r must be "numerical", "reference", "head_dim+3" or a positive integer; got {r!r}')
+
+
+def _r_used(rank, head_dim: int | None, spans: pl.DataFrame) -> str:
+    """r as used: the fixed value, or for "numerical" the range of the per-head ranks (column rank_r)."""
+    if rank == "numerical":
+        lo, hi = spans["rank_r"].min(), spans["rank_r"].max()
+        return f"numerical ({lo})" if lo == hi else f"numerical ({lo}–{hi})"
+    return str(rank if head_dim is None else head_dim + 3)
 
 
 def _banks(config: SpanConfig, texts: pl.DataFrame) -> list[str]:
@@ -78,7 +88,7 @@ def _banks(config: SpanConfig, texts: pl.DataFrame) -> list[str]:
     return [b for b in (GENERAL_BANK, WORD_BANK) if b in present] + own
 
 
-@asset(code_version="1", partitions_def=model_dataset, group_name="head_spans", kinds={"parquet"},
+@asset(code_version="2", partitions_def=model_dataset, group_name="head_spans", kinds={"parquet"},
        deps=[AssetKey("head_contributions"), AssetKey("text_bank_embeddings"), AssetKey("class_text_embeddings"),
              MODEL_CHECKPOINT])
 def head_spans(context: AssetExecutionContext, config: SpanConfig, store: ArtifactStore, lance: LanceStore,
@@ -143,7 +153,8 @@ def head_spans(context: AssetExecutionContext, config: SpanConfig, store: Artifa
                 "bank": bank, "layer": int(head_layer[h]), "head": int(head_index[h]), "rank": np.arange(config.k, dtype=np.int32),
                 "text_index": chosen["text_index"], "text": chosen["text"], "family": chosen["family"],
                 "score": curve.scores[h, :config.k].numpy().astype(np.float64),
-            }, schema_overrides={"layer": pl.Int32, "head": pl.Int32}))
+                "rank_r": int(curve.ranks[h]),  # dim of span(V_r) this head's TextSpan used
+            }, schema_overrides={"layer": pl.Int32, "head": pl.Int32, "rank_r": pl.Int32}))
         curves.append(pl.DataFrame({"bank": bank, "k": list(curve.ks), "top1": list(curve.top1),
                                     "baseline_top1": curve.baseline_top1, "ablated_top1": curve.ablated_top1,
                                     "n_images": len(ids)}, schema_overrides={"k": pl.Int32}))
@@ -156,7 +167,7 @@ def head_spans(context: AssetExecutionContext, config: SpanConfig, store: Artifa
         "dagster/row_count": len(spans), "banks": MetadataValue.json(banks), "layers spanned": MetadataValue.json(spanned),
         "layers mean-ablated": MetadataValue.json([l for l in range(min(stored))] + stored[:-config.layers]),
         "heads per layer": n_heads, "k": config.k, "ks": MetadataValue.json(ks), "r": config.r,
-        "r used": str(rank if head_dim is None else head_dim + 3), "images": len(ids),
+        "r used": _r_used(rank, head_dim, spans), "images": len(ids),
         "replacement top-1": MetadataValue.md(_md(replacement)),
         "top-5 texts (first bank)": MetadataValue.md(_md(
             spans.filter((pl.col("bank") == banks[0]) & (pl.col("rank") < 5))

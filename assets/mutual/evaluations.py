@@ -16,7 +16,7 @@ from dagster import (
 from pydantic import Field
 
 from assets._report import Progress, png_metadata, table_metadata
-from assets.data import read_class_weights
+from assets.data import partition_view, read_class_weights
 from assets.mutual.concepts import patch_grid
 from assets.mutual.knowledge import (
     BRANCHES,
@@ -74,7 +74,7 @@ def concept_eval(context: AssetExecutionContext, config: ConceptEvalConfig, data
         "image_id", "branch", "concept", "embedding", "importance", "descriptor_index", "descriptor_index_no_ot").collect()
     by_image = {key: g.sort("concept") for key, g in dv.group_by(["image_id", "branch"])}
     preds = dict(read_predictions(store, model, dataset).select("image_id", "pred").iter_rows())
-    view = datasets.open(dataset)
+    view = partition_view(datasets, store, model, dataset)
     if config.images_per_class:
         view = dataclasses.replace(view, manifest=view.manifest.filter(
             pl.int_range(pl.len()).over("label") < config.images_per_class))
@@ -175,7 +175,7 @@ def descriptor_zero_shot(context: AssetExecutionContext, config: DescriptorZeroS
     if config.branch not in BRANCHES:
         raise CliplabError(f"branch must be one of {BRANCHES}, not {config.branch!r}")
     model, dataset = model_and_dataset(context)
-    view = datasets.open(dataset)
+    view = partition_view(datasets, store, model, dataset)
     bank = read_descriptor_bank(lance, model, dataset)
     names = bank["descriptor"].to_list()
     own = [[] for _ in view.class_names]

@@ -25,6 +25,7 @@ from pydantic import Field
 from assets import checks
 from assets._arrow import vectors
 from assets._report import Progress, png_metadata, table_metadata
+from assets.data import partition_view
 from assets.mutual.concepts import patch_grid
 from assets.partitions import MODEL_CHECKPOINT, model_and_dataset, model_dataset
 from cliplab import plots
@@ -127,7 +128,7 @@ def visual_concept_descriptors(context: AssetExecutionContext, config: VisualCon
     grids = concept_grids(store, model, dataset, grid[0] * grid[1])
     bank = read_descriptor_bank(lance, model, dataset)
     preds = dict(zip(*read_predictions(store, model, dataset).select("image_id", "pred").to_dict(as_series=False).values()))
-    view = datasets.open(dataset)
+    view = partition_view(datasets, store, model, dataset)
     m = zoo.load(model)
     D_text = torch.from_numpy(bank["vector"].to_numpy().astype(np.float32)).to(m.device)  # (|D|, d)
     names = bank["descriptor"].to_numpy()

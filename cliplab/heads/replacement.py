@@ -17,12 +17,11 @@ its mean (R_h = μ_h).
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
 from cliplab.errors import CliplabError
-from cliplab.heads.textspan import REFERENCE_RANK, _rank, text_span_heads
+from cliplab.heads.textspan import REFERENCE_RANK, RankOption, _gram_eigh, span_basis, text_span_heads
 
 
 def zero_shot_top1(embeddings: torch.Tensor, weights: torch.Tensor, labels: torch.Tensor) -> float:
@@ -45,6 +44,7 @@ class ReplacementCurve:
     ablated_top1: earlier layers mean-ablated, spanned heads exact (the ceiling of the curve).
     indices, scores: (Hh, max k) TextSpan picks and their std scores of every spanned head, in the order
         the head chunks were given.
+    ranks: (Hh,) the r each spanned head's TextSpan used (per head with r = "numerical").
     """
 
     ks: tuple[int, ...]
@@ -53,22 +53,23 @@ class ReplacementCurve:
     ablated_top1: float
     indices: torch.Tensor
     scores: torch.Tensor
+    ranks: torch.Tensor | None = None
 
 
 def greedy_reconstructions(C: torch.Tensor, T: torch.Tensor, indices: torch.Tensor, ks: Sequence[int],
-                           rank: int) -> dict[int, torch.Tensor]:
+                           rank: int | torch.Tensor) -> dict[int, torch.Tensor]:
     """TextSpan's reconstruction R(k) for several k from one greedy run: {k: (Hh, n, d)}.
 
-    C: (Hh, n, d) contributions, T: (M, d) texts, indices: (Hh, ≥ max k) the run's picks, rank: r as used.
+    C: (Hh, n, d) contributions, T: (M, d) texts, indices: (Hh, ≥ max k) the run's picks, rank: r as used,
+    one int or (Hh,) per head (the run's ``ranks``).
     The greedy's deflated texts are the Gram–Schmidt orthogonalisation (in pick order) of the picked texts
     projected on span(V_r), and each step removes C's component along one of them, so
     R(k) = μ_C + (C − μ_C) V_rᵀ Q_k Q_kᵀ V_r with Q_k an orthonormal basis of the first k projected picks
     (in V_r coordinates). Equals ``text_span_heads(C, T, k).reconstruction`` up to rounding.
     """
     C = C.to(torch.float32)
-    wide = C.to(torch.float64)
-    basis = torch.linalg.eigh(wide.mT @ wide)[1][..., -rank:].mT.to(torch.float32)  # V_r (Hh, r, d), as textspan
-    del wide
+    ranks = torch.as_tensor(rank, dtype=torch.int64).expand(C.shape[0])
+    basis = span_basis(_gram_eigh(C)[1], ranks)  # V_r (Hh, r, d), as textspan
     mean = C.mean(1, keepdim=True)
     coords = (C - mean) @ basis.mT  # (Hh, n, r)
     picked = T.to(torch.float32)[indices] @ basis.mT  # (Hh, k_max, r) projected picks in span coordinates
@@ -90,7 +91,7 @@ def replacement_curves(
     weights: torch.Tensor,
     labels: torch.Tensor,
     ks: Sequence[int] = (1, 2, 5, 10, 20),
-    r: int | Literal["head_dim+3"] = REFERENCE_RANK,
+    r: RankOption = REFERENCE_RANK,
     head_dim: int | None = None,
 ) -> dict[str, ReplacementCurve]:
     """Replacement accuracy per k (module docstring) for each text bank: {bank: curve}.
@@ -114,23 +115,23 @@ def replacement_curves(
     k_max = ks[-1]
     exact = torch.zeros_like(kept)  # Σ_h c_h
     replaced = {b: {k: torch.zeros_like(kept) for k in ks} for b in banks}  # Σ_h R_h(k)
-    picks = {b: ([], []) for b in banks}
+    picks = {b: ([], [], []) for b in banks}
     n_chunks = 0
     for chunk in head_chunks:
-        chunk = chunk.to(torch.float32)
+        stored, chunk = chunk, chunk.to(torch.float32)  # the stored dtype sets r = "numerical"'s noise level
         if chunk.shape[1:] != kept.shape:
             raise CliplabError(f"head chunk {tuple(chunk.shape)} does not match (Hh, n, d) = (·, {kept.shape[0]}, {kept.shape[1]})")
         n_chunks += 1
         exact += chunk.sum(0)
-        rank = _rank(r, head_dim, chunk.shape[1], chunk.shape[2])
         for bank, texts in banks.items():
             if k_max == 0:
                 replaced[bank][0] += chunk.mean(1).sum(0)
                 continue
-            result = text_span_heads(chunk, texts, k=k_max, r=r, head_dim=head_dim)
+            result = text_span_heads(stored, texts, k=k_max, r=r, head_dim=head_dim)
             picks[bank][0].append(result.indices)
             picks[bank][1].append(result.scores)
-            for k, recon in greedy_reconstructions(chunk, texts, result.indices, ks, rank).items():
+            picks[bank][2].append(result.ranks)
+            for k, recon in greedy_reconstructions(chunk, texts, result.indices, ks, result.ranks).items():
                 replaced[bank][k] += recon.sum(0)
     if not n_chunks:
         raise CliplabError("no spanned heads were given")
@@ -142,10 +143,11 @@ def replacement_curves(
         baseline_top1=baseline, ablated_top1=ceiling,
         indices=torch.cat(picks[bank][0]) if picks[bank][0] else torch.empty(0, 0, dtype=torch.int64),
         scores=torch.cat(picks[bank][1]) if picks[bank][1] else torch.empty(0, 0),
+        ranks=torch.cat(picks[bank][2]) if picks[bank][2] else torch.empty(0, dtype=torch.int64),
     ) for bank in banks}
 
 
-def replacement_curve(kept, earlier, head_chunks, texts, weights, labels, ks=(1, 2, 5, 10, 20), r=REFERENCE_RANK,
+def replacement_curve(kept, earlier, head_chunks, texts, weights, labels, ks=(1, 2, 5, 10, 20), r="numerical",
                       head_dim=None) -> ReplacementCurve:
     """``replacement_curves`` for one bank T (M, d)."""
     return replacement_curves(kept, earlier, head_chunks, {"bank": texts}, weights, labels, ks, r, head_dim)["bank"]

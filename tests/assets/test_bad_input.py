@@ -67,10 +67,18 @@ def image_folder(tmp_path: Path, corrupt=False, empty_class=False) -> Path:
     return root
 
 
-def test_folder_dataset_runs_end_to_end(root, tmp_path):
+def test_folder_dataset_runs_end_to_end(root, tmp_path, monkeypatch):
+    """The whole `analyse` job on an image folder; its images are checked (decoded in full) once, by
+    dataset_manifest: the later assets read the stored manifest."""
+    import resources.datasets
+
+    checked = []
+    check_images = resources.datasets.check_images
+    monkeypatch.setattr(resources.datasets, "check_images", lambda paths, **kw: checked.append(len(paths)) or check_images(paths, **kw))
     reg = write_registry(tmp_path, f'[datasets.fruit]\nkind = "imagefolder"\nroot = "{image_folder(tmp_path)}"\n')
     result = analyse(root, reg, "toy-vit.s0", "fruit")
     assert result.success
+    assert checked == [6] and len(result.asset_materializations_for_node("class_text_embeddings")) == 1
     preds = pl.read_parquet(root / "zero_shot_predictions/model=toy-vit.s0/dataset=fruit/part-0.parquet")
     assert preds.height == 6 and set(preds["class_name"]) == {"red apple", "blue car"}
 
@@ -82,8 +90,9 @@ def test_corrupt_image_skipped_and_listed(root, tmp_path):
     manifest = pl.read_parquet(root / "dataset_manifest/model=toy-vit.s0/dataset=fruit/part-0.parquet")
     assert manifest.height == 6 and "blue car/broken.jpg" not in manifest["image_id"].to_list()
     meta = result.asset_materializations_for_node("dataset_manifest")[0].metadata
-    listed = meta["corrupt images skipped"].value
-    assert [row["image_id"] for row in listed] == ["blue car/broken.jpg"]
+    listed = meta["skipped files"].value
+    assert [row["file"] for row in listed] == ["blue car/broken.jpg"]
+    assert listed[0]["reason"].startswith("cannot decode: UnidentifiedImageError")
 
 
 def test_corrupt_image_fails_the_partition_when_asked(root, tmp_path):
@@ -259,3 +268,39 @@ def test_killed_materialisation_leaves_old_partition_then_rerun_completes(quick_
     assert not list((root / ".staging").iterdir())
     new = pl.read_parquet(target)
     assert new.height == 96 and new["image_id"].n_unique() == 96
+
+
+@pytest.mark.parametrize("model", ["gone", "toy-vit.s0.aft-e1-short"])
+def test_the_checkpoint_is_checked_before_any_image_is_decoded(root, tmp_path, model, monkeypatch):
+    """dataset_manifest alone (as from the UI) on a model whose weights are not there: a missing checkpoint file, an
+    AFT model never fine-tuned. It fails naming the checkpoint, before the folder's corrupt image is even decoded."""
+    from dagster import materialize
+
+    from assets import checkpoint, data
+    from resources import folders
+
+    folder = image_folder(tmp_path, corrupt=True)
+    reg = write_registry(tmp_path, f'''
+        [datasets.fruit]
+        kind = "imagefolder"
+        root = "{folder}"
+        [models.gone]
+        kind = "checkpoint"
+        arch = "ViT-B-32"
+        path = "{tmp_path / 'missing.safetensors'}"
+        ''')
+    decoded = []
+    monkeypatch.setattr(folders, "decode_image", lambda path, *a: decoded.append(path))
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("model", [model])
+    instance.add_dynamic_partitions("dataset", ["fruit"])
+    result = materialize([data.dataset_manifest, checkpoint.checkpoint.to_source_assets()[0]], instance=instance,
+                         partition_key=partition_key(model, "fruit"), resources=resources_from_env(str(root), str(reg)),
+                         selection=[data.dataset_manifest], raise_on_error=False,
+                         run_config={"ops": {"dataset_manifest": {"config": {"on_corrupt": "fail"}}}})
+    assert not result.success and decoded == []
+    message = failure_message(result)
+    assert "broken.jpg" not in message
+    assert ("missing.safetensors does not exist (registry field 'path')" in message if model == "gone"
+            else "has no checkpoint" in message and "materialise the `checkpoint` asset" in message), message
+    assert not (root / "dataset_manifest" / f"model={model}").exists()

@@ -93,7 +93,7 @@ def test_patch_features_match_the_model(quick_root):
     """Stored rows equal a fresh forward pass of the stored checkpoint (the real loader, the real files)."""
     from cliplab.features import patch_features
     from cliplab.toy.clip import images_to_tensor
-    from resources.datasets import decode_png
+    from resources.images import decode_image
 
     root, _, _ = quick_root
     pf = pq.ParquetFile(root / "patch_features" / PART)
@@ -102,7 +102,7 @@ def test_patch_features_match_the_model(quick_root):
     assert pf.metadata.num_rows == 96 and pf.metadata.num_row_groups >= 2  # written batch by batch
     rows = pl.read_parquet(root / "patch_features" / PART).head(4)
     tw = pl.read_parquet(root / "toyworld/split=val/part-0.parquet").filter(pl.col("image_id").is_in(rows["image_id"].to_list()))
-    images = np.stack([np.asarray(decode_png(b)) for b in tw["image_png"]])
+    images = np.stack([np.asarray(decode_image(b)) for b in tw["image_png"]])
     m = ModelZoo(artifacts_root=str(root), device="cpu").load("toy-vit.s0")
     with torch.inference_mode():
         f = patch_features(m.model, images_to_tensor(images))

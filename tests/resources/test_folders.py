@@ -14,7 +14,6 @@ from resources.folders import (
     IMAGEFOLDER_TEMPLATES,
     PLACES365_TEMPLATES,
     check_images,
-    load_rgb,
     scan_folder,
 )
 
@@ -71,7 +70,7 @@ def imagefolder(tmp_path) -> Path:
     write_image(root / "sea_lion" / "s.bmp")
     write_garbage(root / "sea_lion" / "broken.jpg")
     write_truncated_jpeg(root / "cat" / "cut.jpg")
-    # Ignored: hidden files and folders, non-image files, a non-folder at the root.
+    # Skipped and listed: hidden files and folders, non-image files, a non-folder at the root.
     write_image(root / "dog" / ".hidden.png")
     write_image(root / "cat" / ".thumbs" / "t.png")
     write_image(root / ".cache" / "c.png")
@@ -98,6 +97,13 @@ def test_imagefolder_classes_labels_and_ids(imagefolder):
     assert data.image_ids == ids
     assert data.labels == (0, 0, 0, 1, 1, 2, 2)
     assert data.paths == absolute(imagefolder, ids)
+    assert data.skipped == (
+        (".cache", "hidden folder"),
+        ("README.txt", "file outside any class folder"),
+        ("cat/.thumbs", "hidden folder"),
+        ("dog/.hidden.png", "hidden file"),
+        ("dog/notes.txt", "not an image format PIL opens (.txt)"),
+    )
 
 
 def test_imagefolder_accepts_str_and_relative_root(imagefolder, monkeypatch):
@@ -115,15 +121,51 @@ def test_check_images_finds_garbage_and_truncated_files(imagefolder):
     assert check_images([]) == []
 
 
-def test_load_rgb_decodes_good_and_names_corrupt_files(imagefolder):
-    image = load_rgb(imagefolder / "dog" / "b.png")
-    assert (image.mode, image.size, image.getpixel((0, 0))) == ("RGB", (8, 6), (200, 30, 60))
-    grey = write_image(imagefolder.parent / "grey.png", size=(3, 2))
-    Image.open(grey).convert("L").save(grey)
-    assert load_rgb(grey).mode == "RGB"
-    for name in ("sea_lion/broken.jpg", "cat/cut.jpg"):
-        with raises(str(imagefolder / name)):
-            load_rgb(imagefolder / name)
+def test_every_format_pil_opens_is_scanned(tmp_path):
+    root = tmp_path / "formats"
+    for ext in ("gif", "tiff", "ppm", "tga", "ico"):
+        write_image(root / "a" / f"x.{ext}", size=(16, 16))
+    data = scan_folder(root, "imagefolder")
+    assert data.image_ids == ("a/x.gif", "a/x.ico", "a/x.ppm", "a/x.tga", "a/x.tiff") and not data.skipped
+    assert check_images(data.paths) == []
+
+
+def test_symlinks_out_of_the_root_are_skipped_unless_followed(tmp_path):
+    outside = tmp_path / "elsewhere"
+    write_image(outside / "secret.png")
+    write_image(outside / "folder" / "f.png")
+    root = tmp_path / "data"
+    write_image(root / "a" / "real.png")
+    (root / "a" / "inside.png").symlink_to(root / "a" / "real.png")
+    (root / "a" / "out.png").symlink_to(outside / "secret.png")
+    (root / "a" / "linked").symlink_to(outside / "folder")
+    (root / "b").symlink_to(outside / "folder")
+    (root / "a" / "loop").symlink_to(root / "a")
+
+    data = scan_folder(root, "imagefolder")
+    assert data.image_ids == ("a/inside.png", "a/real.png") and data.class_names == ("a",)
+    reasons = dict(data.skipped)
+    assert set(reasons) == {"a/out.png", "a/linked", "a/loop", "b"}
+    assert f"symlink to {outside / 'secret.png'}, outside the dataset root" in reasons["a/out.png"]
+    assert "follow_symlinks" in reasons["a/out.png"] and "not followed" in reasons["a/linked"]
+    assert "outside the dataset root" in reasons["b"]
+
+    followed = scan_folder(root, "imagefolder", follow_symlinks=True)  # the loop is walked once, not for ever
+    assert followed.image_ids == ("a/inside.png", "a/linked/f.png", "a/out.png", "a/real.png", "b/f.png")
+    assert dict(followed.skipped) == {"a/loop": "folder already scanned through another link"}
+
+
+def test_symlinks_listed_by_metadata_files_are_checked_too(tmp_path):
+    outside = write_image(tmp_path / "elsewhere" / "x.jpg")
+    root = tmp_path / "food-101"
+    write_lines(root / "meta" / "classes.txt", ["pie"])
+    write_lines(root / "meta" / "test.txt", ["pie/1", "pie/2"])
+    write_image(root / "images" / "pie" / "1.jpg")
+    (root / "images" / "pie" / "2.jpg").symlink_to(outside)
+    data = scan_folder(root, "food101")
+    assert data.image_ids == ("images/pie/1.jpg",)
+    assert data.skipped[0][0] == "images/pie/2.jpg" and "outside the dataset root" in data.skipped[0][1]
+    assert scan_folder(root, "food101", follow_symlinks=True).image_ids == ("images/pie/1.jpg", "images/pie/2.jpg")
 
 
 def test_empty_class_folder_is_named_unless_allowed(imagefolder):

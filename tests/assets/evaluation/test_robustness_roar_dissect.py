@@ -148,7 +148,7 @@ def test_roar_curves_are_the_retrained_probe_on_the_same_removals(env, roar_run)
 
     # one fraction recomputed with cliplab's `roar` from the images, maps and fill rebuilt here
     pm = pixel_model(res["zoo"], res["store"], MODEL, DATASET)
-    train_view, test_view = roar_assets.roar_views(res["datasets"], DATASET, 48, 24, 0)
+    train_view, test_view = roar_assets.roar_views(res["datasets"], res["datasets"].open(DATASET), 48, 24, 0)
     assert train_view.manifest["image_id"].str.starts_with("train/").all()
     assert test_view.manifest["image_id"].str.starts_with("val/").all()
 
@@ -177,11 +177,12 @@ def test_roar_curves_are_the_retrained_probe_on_the_same_removals(env, roar_run)
 
 def test_a_folder_dataset_is_split_50_50_with_the_registry_sizes(env):
     _, _, res = env
-    train, test = roar_assets.roar_views(res["datasets"], FOLDER, 100, 100, 0)
+    folder = res["datasets"].open(FOLDER)
+    train, test = roar_assets.roar_views(res["datasets"], folder, 100, 100, 0)
     ids_train, ids_test = set(train.manifest["image_id"]), set(test.manifest["image_id"])
     assert len(ids_train) == len(ids_test) == 6 and not ids_train & ids_test
-    assert ids_train | ids_test == set(res["datasets"].open(FOLDER).manifest["image_id"])
-    other, _ = roar_assets.roar_views(res["datasets"], FOLDER, 100, 100, 1)
+    assert ids_train | ids_test == set(folder.manifest["image_id"])
+    other, _ = roar_assets.roar_views(res["datasets"], folder, 100, 100, 1)
     assert set(other.manifest["image_id"]) != ids_train  # the seed draws the split
     result = run(env, roar_assets.roar, {"methods": ["grad_cam"], "fractions": [0.2, 0.8]}, dataset=FOLDER)
     meta = metadata(result, "roar")

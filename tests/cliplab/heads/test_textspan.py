@@ -156,3 +156,57 @@ def test_bad_arguments_are_refused():
         text_span(C, T, k=9)  # more picks than the 8 dimensions of span(V_r)
     with pytest.raises(CliplabError, match="at least 2 images"):
         text_span(C[:1], T, k=1)
+
+
+def _planted_rank_head(rank: int, n: int, d: int, gen: torch.Generator) -> torch.Tensor:
+    """(n, d) float64 head output of exact rank `rank` (an offset plus rank − 1 centred directions)."""
+    directions = _orthonormal(rank, d, gen)
+    spectrum = torch.logspace(0.5, -1.5, rank - 1, dtype=torch.float64)
+    return 3 * directions[0] + (_white_scores(n, rank - 1, gen) * spectrum) @ directions[1:]
+
+
+def test_numerical_rank_is_the_planted_rank_whatever_the_storage():
+    gen = torch.Generator().manual_seed(6)
+    n, d, rank, k = 400, 48, 9, 9
+    C = _planted_rank_head(rank, n, d, gen)
+    T = F.normalize(torch.randn(200, d, generator=gen, dtype=torch.float64), dim=-1)
+
+    runs = {dtype: text_span(C.to(dtype), T, k=k, r="numerical") for dtype in (torch.float64, torch.float32, torch.float16)}
+
+    for out in runs.values():
+        assert int(out.ranks) == rank
+        assert out.indices.tolist() == runs[torch.float64].indices.tolist()
+    # the named reference option is still there, and records its r
+    assert int(text_span(C.float(), T, k=k, r=80).ranks) == d
+
+
+def test_picks_do_not_depend_on_rounding_noise_directions():
+    gen = torch.Generator().manual_seed(7)
+    n, d, rank, k = 300, 40, 8, 8
+    C = _planted_rank_head(rank, n, d, gen)
+    T = F.normalize(torch.randn(150, d, generator=gen, dtype=torch.float64), dim=-1)
+    picks = set()
+    for seed in range(4):
+        noise = torch.randn(n, d, generator=torch.Generator().manual_seed(100 + seed), dtype=torch.float64)
+        out = text_span(C + 1e-8 * noise, T, k=k, r="numerical")
+        assert int(out.ranks) == rank
+        picks.add(tuple(out.indices.tolist()))
+    assert len(picks) == 1
+
+
+def test_batched_heads_get_their_own_numerical_rank():
+    gen = torch.Generator().manual_seed(8)
+    n, d = 200, 32
+    C = torch.stack([_planted_rank_head(q, n, d, gen) for q in (5, 7, 11)]).float()
+    T = F.normalize(torch.randn(80, d, generator=gen), dim=-1)
+
+    batched = text_span_heads(C, T, k=5, r="numerical")
+    assert batched.ranks.tolist() == [5, 7, 11]
+    for h, q in enumerate((5, 7, 11)):
+        alone = text_span_heads(C[h: h + 1], T, k=5, r=q)
+        assert batched.indices[h].tolist() == alone.indices[0].tolist()
+    # head_dim caps the numerical rank at head_dim + 3; k raises a lower rank to k
+    assert text_span_heads(C, T, k=5, head_dim=4, r="numerical").ranks.tolist() == [5, 7, 7]
+    assert text_span_heads(C, T, k=6, r="numerical").ranks.tolist() == [6, 7, 11]
+    with pytest.raises(CliplabError, match="r must be"):
+        text_span(C[0], T, k=2, r="numeric")

@@ -142,3 +142,41 @@ def test_batched_selection_with_fewer_candidates_than_k():
     image_sim = torch.tensor([[0.5, 0.0, 0.5, 0.0]], dtype=torch.float64)
     out = select_descriptors_batch(S, torch.ones(1, 2, dtype=torch.bool), image_sim, top=2)
     assert sorted(out[0, 0, :2].tolist()) == [0, 2] and (out[0, :, 2] == -1).all()
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_plain_and_log_domain_iterations_agree(seed):
+    g = torch.Generator().manual_seed(10 + seed)
+    S = torch.rand(6, 50, generator=g, dtype=torch.float64) * 2 - 1
+    for n_iter in (1, 7, 1000):
+        plain = sinkhorn_assignment(S, n_iter=n_iter, method="plain")
+        log = sinkhorn_assignment(S, n_iter=n_iter, method="log")
+        assert (plain - log).abs().max() < 1e-12
+    assert torch.equal(sinkhorn_assignment(S), plain)  # auto takes the plain path here
+    B, L, n = 7, 5, 60
+    S = torch.rand(B, L, n, generator=g, dtype=torch.float64) * 2 - 1
+    concepts = torch.rand(B, L, generator=g) < 0.7
+    candidates = torch.rand(B, n, generator=g) < 0.6
+    concepts[0] = False
+    candidates[1] = False
+    # (POT's batched log-domain solver is slow on CPU: 100 iterations here, 1000 above)
+    plain = sinkhorn_assignment_batch(S, concepts, candidates, n_iter=100, method="plain")
+    log = sinkhorn_assignment_batch(S, concepts, candidates, n_iter=100, method="log")
+    assert (plain - log).abs().max() < 1e-12
+    assert torch.equal(sinkhorn_assignment_batch(S, concepts, candidates, n_iter=100), plain)
+
+
+def test_a_kernel_that_would_overflow_falls_back_to_the_log_domain():
+    S = random_similarities(4, 30, 7).to(torch.float64)
+    temperature = 1000.0  # exp(1000) = inf in float64
+    assert not torch.isfinite(torch.exp(temperature * S)).all()
+    plan = sinkhorn_assignment(S, temperature=temperature, n_iter=200)
+    assert torch.isfinite(plan).all()
+    assert torch.equal(plan, sinkhorn_assignment(S, temperature=temperature, n_iter=200, method="log"))
+    assert torch.allclose(plan.sum(0), torch.ones(30, dtype=plan.dtype))
+    batch = sinkhorn_assignment_batch(S[None], torch.ones(1, 4, dtype=torch.bool), torch.ones(1, 30, dtype=torch.bool),
+                                      temperature=temperature, n_iter=200)
+    assert torch.isfinite(batch).all()
+    assert (batch[0] - plan).abs().max() < 1e-9
+    with pytest.raises(CliplabError, match="Sinkhorn method"):
+        sinkhorn_assignment(S, method="exact")

@@ -1,0 +1,289 @@
+"""cliplab's pure maths against a re-statement of what the reference code computes, side by side. Prints a table; not a test.
+
+    python benchmarks/versus_reference.py            # paper-sized inputs (a few minutes on one core)
+    python benchmarks/versus_reference.py --quick    # smaller TextSpan, fewer repeats (< 60 s)
+
+Each step runs cliplab's function and a re-statement of the reference computation (from the method pages
+../shared/methods/mutual-knowledge.md and head-spans.md; never the reference's own code) on identical
+synthetic inputs of the paper's shapes, in this one process, on one thread (torch.set_num_threads(1),
+threadpoolctl and OMP/MKL/OpenBLAS limited to 1), as the median of several repeats. The last columns
+show that the results are the same: the largest absolute difference of the compared quantity, and what
+that quantity is.
+
+1. Sinkhorn descriptor selection, 64 images: candidates (intersection of the per-concept top-500 sets, the
+   image filter mean − 0.02), Sinkhorn on exp(2.5·S) with 1000 row/column normalisations, top-3 per concept.
+   Reference: image by image, `reference_sinkhorn` (the normalisations themselves). cliplab:
+   `select_descriptors_batch` (all images at once, plain scaling iteration); also its log-domain path.
+2. MI curves + AUC, 400 images: D_v (15) against D_ŷ (u = 50), removal one at a time (sentinel), the
+   reference's contingency table T_ij, H(T) with ln(T + 1e−9), AUC = mean. cliplab: `mi_curve`, `auc`.
+3. PCA concepts: 4,000 foreground patches × 768 (50 images of a ViT-B), PCA(5) [scikit-learn defaults],
+   min-max scaling, argmax. cliplab: `pca_concepts`.
+4. k-means concepts: the same patches, L2-normalised, k-means(5), ≤ 500 iterations (seeded like cliplab:
+   the reference is unseeded). cliplab: `kmeans_concepts`.
+5. TextSpan, 12 heads (one layer) of rank head_dim + 4 = 68 (d = 512, 3,498 texts): SVD of C, V_r, texts
+   projected, then k greedy steps that form the (n × M) score matrix. The reference's r is the heads' true
+   rank here (its r = 80 would add rounding-noise directions, which change picks). cliplab:
+   `text_span_heads(r="numerical")`, batched and as a loop of single heads.
+
+Synthetic data: timing does not depend on the values, and equality is checked on them. The machine may
+be shared: numbers are noisy; the ratio is what matters.
+"""
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ[_var] = "1"
+
+import argparse  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+SENTINEL = object()
+
+
+def timed(fn, repeats: int):
+    """(median seconds, last result) of `repeats` calls of fn()."""
+    times, out = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+
+# ---------------------------------------------------------------- 1. Sinkhorn descriptor selection
+
+def sinkhorn_inputs(B=64, L=5, D=4229, seed=0):
+    """S (B, L, D) concept–descriptor cosines sharing an image component, image_sim (B, D), concept mask."""
+    g = torch.Generator().manual_seed(seed)
+    shared = torch.randn(B, 1, D, generator=g, dtype=torch.float64)
+    S = 0.2 + 0.05 * shared + 0.02 * torch.randn(B, L, D, generator=g, dtype=torch.float64)
+    image_sim = 0.2 + 0.05 * shared[:, 0] + 0.01 * torch.randn(B, D, generator=g, dtype=torch.float64)
+    present = torch.ones(B, L, dtype=torch.bool)
+    present[::3, 4] = False  # some images have 4 concepts
+    present[1::5, 3:] = False  # some 3
+    return S, image_sim, present
+
+
+def reference_selection(S, image_sim, present, top=500, offset=0.02, k=3):
+    """Image by image: top-500 sets intersected, the image filter, the reference's normalisations, top-3."""
+    from cliplab.mutual.transport import reference_sinkhorn
+
+    picks, plans = [], []
+    for b in range(S.shape[0]):
+        s = S[b][present[b]].numpy()
+        tops = [set(np.argsort(-row, kind="stable")[:top].tolist()) for row in s]
+        both = np.array(sorted(set.intersection(*tops)), dtype=np.int64)
+        sim = image_sim[b].numpy()[both]
+        keep = both[sim > sim.mean() - offset]
+        plan = reference_sinkhorn(torch.from_numpy(s[:, keep]))
+        best = plan.topk(min(k, len(keep)), dim=1).indices.numpy()
+        picks.append(keep[best])
+        plans.append((keep, plan))
+    return picks, plans
+
+
+def bench_sinkhorn(repeats):
+    from cliplab.mutual.transport import select_descriptors_batch, sinkhorn_assignment_batch
+
+    S, image_sim, present = sinkhorn_inputs()
+    t_ref, (ref_picks, ref_plans) = timed(lambda: reference_selection(S, image_sim, present), repeats)
+    rows = []
+    for method in ("auto", "log"):
+        t_ours, out = timed(lambda: select_descriptors_batch(S, present, image_sim, method=method), repeats)
+        differ = sum(int((out[b][present[b]].numpy() != ref_picks[b]).sum()) for b in range(S.shape[0]))
+        # the plans themselves, each image's candidate block transported alone, in one batch
+        n_max = max(len(keep) for keep, _ in ref_plans)
+        S_c = torch.zeros(S.shape[0], S.shape[1], n_max, dtype=torch.float64)
+        cols = torch.zeros(S.shape[0], n_max, dtype=torch.bool)
+        for b, (keep, _) in enumerate(ref_plans):
+            S_c[b, :, : len(keep)] = S[b][:, keep]
+            cols[b, : len(keep)] = True
+        plan = sinkhorn_assignment_batch(S_c, present, cols, method=method)
+        delta = max(float((plan[b][present[b]][:, : len(keep)] - p).abs().max()) for b, (keep, p) in enumerate(ref_plans))
+        name = "Sinkhorn descriptor selection, 64 images batched" + (" (log-domain path)" if method == "log" else "")
+        rows.append((name, t_ref, t_ours, delta, f"plan Π; {differ} picks differ (n ≤ {n_max})"))
+    return rows
+
+
+# ---------------------------------------------------------------- 2. MI curves + AUC
+
+def mi_inputs(images=400, bank=4229, u=50, seed=1):
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(images):
+        D_y = rng.choice(bank, u, replace=False).tolist()
+        n = int(rng.integers(3, 16))
+        shared = rng.choice(D_y, int(rng.integers(0, min(n, 6) + 1)), replace=False).tolist()
+        D_v = shared + rng.choice(bank, n - len(shared), replace=False).tolist()
+        rng.shuffle(D_v)
+        out.append((D_v, D_y))
+    return out
+
+
+def reference_mi(D_v, D_y):
+    """The reference's value: ln N + ln M + H(T), T the normalised equality table, ln(T + 1e−9); 0 if no match."""
+    T = np.array([[1.0 if x == y else 0.0 for y in D_y] for x in D_v])
+    if T.sum() == 0:
+        return 0.0
+    T = T / T.sum()
+    return float(np.log(len(D_v)) + np.log(len(D_y)) - (T * np.log(T + 1e-9)).sum())
+
+
+def reference_curves(pairs):
+    curves = []
+    for D_v, D_y in pairs:
+        remaining = list(D_v)
+        curve = [reference_mi(remaining, D_y)]
+        for i in range(len(remaining)):
+            remaining[i] = SENTINEL
+            curve.append(reference_mi(remaining, D_y))
+        curves.append((np.array(curve), float(np.mean(curve))))
+    return curves
+
+
+def bench_mi(repeats):
+    from cliplab.mutual.information import auc, mi_curve
+
+    pairs = mi_inputs()
+    t_ref, ref = timed(lambda: reference_curves(pairs), repeats)
+    t_ours, ours = timed(lambda: [(c := mi_curve(D_v, D_y), auc(c)) for D_v, D_y in pairs], repeats)
+    delta = max(max(float(np.abs(a - b).max()), abs(x - y)) for (a, x), (b, y) in zip(ref, ours))
+    return [("MI curves + AUC, 400 images", t_ref, t_ours, delta, "curve points, AUC (ref's ln(T+1e-9): ≈ c·1e-9)")]
+
+
+# ---------------------------------------------------------------- 3-4. concepts
+
+def patch_features(P=4000, C=768, seed=2):
+    """(P, C) float32 foreground patch tokens: a few strong part directions, an offset and noise."""
+    rng = np.random.default_rng(seed)
+    parts = rng.normal(size=(P, 24)) * np.logspace(1, -0.5, 24)
+    x = parts @ rng.normal(size=(24, C)) + 0.5 * rng.normal(size=(P, C)) + rng.normal(size=C)
+    return x.astype(np.float32)
+
+
+def reference_pca(x, L=5):
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import MinMaxScaler
+
+    scores = PCA(n_components=L, random_state=0).fit_transform(x)
+    return MinMaxScaler().fit_transform(scores).argmax(axis=1)
+
+
+def reference_kmeans(x, L=5):
+    from sklearn.cluster import KMeans
+
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return KMeans(n_clusters=L, max_iter=500, random_state=0).fit_predict(x)
+
+
+def bench_concepts(repeats):
+    from cliplab.mutual.concepts import kmeans_concepts, pca_concepts
+
+    x = patch_features()
+    rows = []
+    for name, ref_fn, ours_fn in (("PCA concepts, 4000 patches × 768", reference_pca, pca_concepts),
+                                  ("k-means concepts, 4000 patches × 768", reference_kmeans, kmeans_concepts)):
+        t_ref, ref = timed(lambda: ref_fn(x), repeats)
+        t_ours, ours = timed(lambda: ours_fn(x), repeats)
+        differ = int((np.asarray(ref) != ours).sum())
+        rows.append((name, t_ref, t_ours, float(differ), "concept ids differing (count)"))
+    return rows
+
+
+# ---------------------------------------------------------------- 5. TextSpan
+
+def textspan_inputs(heads=12, n=2000, d=512, M=3498, rank=68, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    latent = torch.randn(heads, n, rank - 1, generator=g) * torch.logspace(0.5, -1.5, rank - 1)
+    C = latent @ torch.randn(heads, rank - 1, d, generator=g) + 3 * torch.randn(heads, 1, d, generator=g)
+    T = F.normalize(torch.randn(M, d, generator=g), dim=-1)
+    return C, T
+
+
+def reference_text_span(C, T, k, r):
+    """One head, the spec's steps literally (float32): SVD, T V_rᵀV_r, centre, k × (std of C·Tᵀ, deflate)."""
+    vh = torch.linalg.svd(C, full_matrices=False)[2][:r]
+    T = T @ vh.T @ vh
+    mean = C.mean(0, keepdim=True)
+    C = C - mean
+    R = mean.repeat(C.shape[0], 1)
+    picks, scores = [], []
+    for _ in range(k):
+        std = (C @ T.T).std(0)
+        j = int(std.argmax())
+        picks.append(j)
+        scores.append(float(std[j]))
+        t = T[j]
+        coef = C @ t / (t @ t)
+        R += torch.outer(coef, t)
+        C -= torch.outer(coef, t)
+        T = T - torch.outer(T @ t / (t @ t), t)
+    return picks, scores, R
+
+
+def bench_textspan(repeats, ref_repeats, n, k):
+    from cliplab.heads.textspan import text_span_heads
+
+    C, T = textspan_inputs(n=n)
+    rank = 68
+    t_ref, ref = timed(lambda: [reference_text_span(C[h], T, k, rank) for h in range(C.shape[0])], ref_repeats)
+    t_batch, batch = timed(lambda: text_span_heads(C, T, k=k), repeats)
+    t_loop, loop = timed(lambda: [text_span_heads(C[h: h + 1], T, k=k) for h in range(C.shape[0])], repeats)
+    assert batch.ranks.tolist() == [rank] * C.shape[0], batch.ranks.tolist()
+    differ = sum(int(a != b) for h in range(C.shape[0]) for a, b in zip(ref[h][0], batch.indices[h].tolist()))
+    score_delta = max(abs(a - b) for h in range(C.shape[0]) for a, b in zip(ref[h][1], batch.scores[h].tolist()))
+    recon_delta = max(float((ref[h][2] - batch.reconstruction[h]).abs().max()) for h in range(C.shape[0]))
+    loop_differ = sum(int((lp.indices[0] != batch.indices[h]).sum()) for h, lp in enumerate(loop))
+    what = f"12 heads, n = {n}, 3498 texts, k = {k}"
+    return [
+        (f"TextSpan {what}, batched", t_ref, t_batch, score_delta,
+         f"scores; {differ} picks differ; recon max |Δ| {recon_delta:.1g}"),
+        (f"TextSpan {what}, looped heads", t_ref, t_loop, 0.0 if loop_differ == 0 else float(loop_differ),
+         f"picks differing from batched: {loop_differ}; batched/looped {t_batch / t_loop:.2f}"),
+    ]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="smaller TextSpan and fewer repeats (< 60 s)")
+    p.add_argument("--repeats", type=int, default=0, help="repeats per measurement (default 5, --quick 3)")
+    args = p.parse_args()
+    repeats = args.repeats or (3 if args.quick else 5)
+    torch.set_num_threads(1)
+    try:
+        from threadpoolctl import threadpool_limits
+
+        limits = threadpool_limits(1)
+    except ImportError:  # pragma: no cover
+        limits = None
+    t0 = time.perf_counter()
+    rows = []
+    rows += bench_sinkhorn(repeats)
+    rows += bench_mi(repeats)
+    rows += bench_concepts(repeats)
+    if args.quick:
+        rows += bench_textspan(repeats, 1, n=1000, k=5)
+    else:
+        rows += bench_textspan(repeats, 2, n=2000, k=20)
+    print(f"\ncliplab vs reference re-statement, {'quick' if args.quick else 'full'}, 1 thread "
+          f"(torch {torch.get_num_threads()}, BLAS {'limited' if limits else 'unlimited'}), "
+          f"median of {repeats} repeats (reference TextSpan {1 if args.quick else 2}), {time.perf_counter() - t0:.0f} s in all\n")
+    w = max(len(r[0]) for r in rows)
+    print(f"| {'step':{w}} | {'ref s':>8} | {'cliplab s':>9} | {'ratio':>7} | {'max |Δ|':>8} | Δ of")
+    print(f"|{'-' * (w + 2)}|{'-' * 10}|{'-' * 11}|{'-' * 9}|{'-' * 10}|{'-' * 40}")
+    for name, ref, ours, delta, what in rows:
+        print(f"| {name:{w}} | {ref:8.4f} | {ours:9.4f} | {ref / ours:6.1f}× | {delta:8.1g} | {what}")
+
+
+if __name__ == "__main__":
+    main()
