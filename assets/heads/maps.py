@@ -94,7 +94,10 @@ class HeadAnalyses:
 
     def manifest(self) -> pl.DataFrame:
         if self._manifest is None:
-            self._manifest = partition_view(self.datasets, self.store, self.model_key, self.dataset).manifest
+            stored = self.store.exists("dataset_manifest", model=self.model_key, dataset=self.dataset)
+            # without the partition's manifest the head tables are missing too: they say so, with the job to run
+            self._manifest = (partition_view(self.datasets, self.store, self.model_key, self.dataset) if stored
+                              else self.datasets.open(self.dataset)).manifest
         return self._manifest
 
     def stored_pil(self, ids: list[str]) -> list:

@@ -57,16 +57,14 @@ def _stack(column: pl.Series):
 def _rank(r: str, zoo: ModelZoo, model: str):
     from cliplab.heads.textspan import REFERENCE_RANK
 
-    if r == "numerical":
-        return "numerical", None
     if r == "reference":
         return REFERENCE_RANK, None
-    if r == "head_dim+3":
+    if r in ("head_dim+3", "numerical"):  # a numerical rank is capped at head_dim + 3, the most a head's output has
         attn = zoo.load(model).model.visual.transformer.resblocks[0].attn
-        return "head_dim+3", attn.embed_dim // attn.num_heads
+        return r, attn.embed_dim // attn.num_heads
     if r.isdigit() and int(r) > 0:
         return int(r), None
-    raise CliplabError(f'config r must be "numerical", "reference", "head_dim+3" or a positive integer; got {r!r}')
+    raise CliplabError(f'config r must be "reference", "numerical", "head_dim+3" or a positive integer; got {r!r}')
 
 
 def _r_used(rank, head_dim: int | None, spans: pl.DataFrame) -> str:
@@ -74,7 +72,7 @@ def _r_used(rank, head_dim: int | None, spans: pl.DataFrame) -> str:
     if rank == "numerical":
         lo, hi = spans["rank_r"].min(), spans["rank_r"].max()
         return f"numerical ({lo})" if lo == hi else f"numerical ({lo}–{hi})"
-    return str(rank if head_dim is None else head_dim + 3)
+    return str(head_dim + 3 if rank == "head_dim+3" else rank)
 
 
 def _banks(config: SpanConfig, texts: pl.DataFrame) -> list[str]:

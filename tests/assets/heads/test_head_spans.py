@@ -167,6 +167,25 @@ def test_bad_options_fail_with_a_clear_message(spans_root):
     assert not res.success
 
 
+def test_numerical_rank_is_recorded_per_head(spans_root, tmp_path):
+    """r = "numerical": each head's rank of span(V_r) in `rank_r` (≤ its head_dim + 3 and ≥ k), picks equal to TextSpan
+    at that rank from the stored contributions; the default (reference) records 80 for every head."""
+    from assets.heads import spans as hs
+
+    root, instance, _, _ = spans_root
+    reference = pl.read_parquet(root / "head_spans" / PART)
+    assert reference["rank_r"].unique().to_list() == [80]
+    copy = tmp_path / "artifacts"
+    shutil.copytree(root, copy)
+    res = _run(copy, instance, [hs.head_spans], {"ops": {"head_spans": {"config": {"r": "numerical", "k": 5, "ks": [1, 5]}}}})
+    assert res.success
+    spans = pl.read_parquet(copy / "head_spans" / PART)
+    per_head = spans.group_by("bank", "layer", "head").agg(pl.col("rank_r").n_unique().alias("n"), pl.col("rank_r").first())
+    assert (per_head["n"] == 1).all() and per_head["rank_r"].is_between(5, 128 // N_HEADS + 3).all()
+    meta = res.asset_materializations_for_node("head_spans")[0].metadata
+    assert meta["r used"].value.startswith("numerical (")
+
+
 @pytest.mark.slow
 def test_toyworld_ground_truth_families_labels_and_float16(trained_root, tmp_path_factory):
     """Trained toy CLIP: which heads span which attribute families (majority family of their top toyworld
