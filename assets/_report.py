@@ -13,11 +13,21 @@ from dagster import MetadataValue
 FIGURE_URL_DEFAULT = "http://127.0.0.1:3001"
 
 
-def png_metadata(png: bytes, path: Path, title: str) -> dict:
+def png_metadata(png: bytes, path: Path | str, title: str) -> dict:
     """A PNG saved beside the artifacts (`path`, under the root's `_figures/`, the latest one) and shown inline from
     the figure server (`cliplab ui`, at $CLIPLAB_FIGURE_URL) by a content-addressed copy, so each materialisation in
-    the event log keeps its own picture and the log carries a URL, not the image."""
+    the event log keeps its own picture and the log carries a URL, not the image. `path` may be an object-store URI
+    (an artifact root on S3): both objects are then written there, each in one PUT, and the server reads them back."""
     digest = hashlib.sha256(png).hexdigest()[:20]
+    url = f"{os.environ.get('CLIPLAB_FIGURE_URL', FIGURE_URL_DEFAULT).rstrip('/')}/_sha256/{digest}.png"
+    if isinstance(path, str) and "://" in path:
+        from resources.objectstore import write_bytes
+
+        figures = path[: path.index("/_figures/") + len("/_figures")] if "/_figures/" in path else path.rsplit("/", 1)[0]
+        for target in (path, f"{figures}/_sha256/{digest}.png"):
+            write_bytes(target, png)
+        return {title: MetadataValue.md(f"![{title}]({url})"), f"{title} (file)": MetadataValue.path(path)}
+    path = Path(path)
     figures = next((Path(*path.parts[: i + 1]) for i, part in enumerate(path.parts) if part == "_figures"), path.parent)
     versioned = figures / "_sha256" / f"{digest}.png"
     for target in (path, versioned):
@@ -25,7 +35,6 @@ def png_metadata(png: bytes, path: Path, title: str) -> dict:
         tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
         tmp.write_bytes(png)
         tmp.replace(target)
-    url = f"{os.environ.get('CLIPLAB_FIGURE_URL', FIGURE_URL_DEFAULT).rstrip('/')}/_sha256/{digest}.png"
     return {
         title: MetadataValue.md(f"![{title}]({url})"),
         f"{title} (file)": MetadataValue.path(str(path.resolve())),

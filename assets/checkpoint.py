@@ -82,6 +82,9 @@ def checkpoint(context: AssetExecutionContext, config: CheckpointConfig, zoo: Mo
     else:
         folder = zoo.checkpoint_dir(key) if spec.kind != "local-dir" else spec.path
         sha = read_sidecar(folder)["cliplab"]["sha256"]
+        if spec.kind != "local-dir":
+            zoo.publish_checkpoint(key)  # an object-store root: uploaded, the sidecar last (a no-op for a folder)
+            folder = zoo.checkpoint_uri(key)
         meta = {**meta, "checkpoint": MetadataValue.path(str(folder)), "sha256": sha}
     context.log.info(f"checkpoint {key} ({spec.kind}): sha256 {sha[:16]}…")
     return MaterializeResult(metadata={"model key": key, "kind": spec.kind, **meta}, data_version=DataVersion(sha))

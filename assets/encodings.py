@@ -6,6 +6,7 @@ are written in row groups while computing, so memory does not grow with the data
 """
 
 import contextlib
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -30,6 +31,7 @@ from cliplab.features import patch_features as extract_patch_features
 from cliplab.zeroshot import top_k
 from resources.datasets import DatasetCatalog
 from resources.models import ModelZoo
+from resources.registry import TOY_ARCH
 from resources.store import ArtifactStore
 
 TOP_K = 5
@@ -37,15 +39,40 @@ TOP_K = 5
 
 class EncodeConfig(Config):
     batch_size: int = Field(default=64, ge=1)
+    # how patch_features stores the per-patch `tokens` and `keys` (the bulk of the table; `cls` and `embedding` stay
+    # float32): "auto" = float32 for the toy CLIP (and its fine-tunes), float16 for every other architecture, which
+    # halves the table (ViT-B/16 × ImageNet-val ≈ 60 GB → 30 GB); readers cast to float32
+    storage_dtype: Literal["auto", "float16", "float32"] = "auto"
 
 
-def features_schema(n: int, c: int, d: int, grid: tuple[int, int]) -> pa.Schema:
+def is_toy_model(zoo: ModelZoo, key: str) -> bool:
+    """Whether `key` is the toy CLIP's architecture (a toy entry, or an AFT fine-tune / image-tower checkpoint of one)."""
+    spec = zoo.spec(key)
+    for _ in range(16):  # a chain of fine-tunes of fine-tunes; a cycle is the registry's error to report
+        if spec.arch == TOY_ARCH or spec.kind == "toy":
+            return True
+        if not spec.base or spec.base == spec.key or spec.kind not in ("aft", "checkpoint"):
+            return False
+        spec = zoo.spec(spec.base)
+    return False
+
+
+def storage_dtype(choice: str, zoo: ModelZoo, key: str) -> np.dtype:
+    """The numpy dtype patch_features stores tokens and keys in (EncodeConfig.storage_dtype resolved for `key`)."""
+    if choice == "auto":
+        return np.dtype(np.float32 if is_toy_model(zoo, key) else np.float16)
+    return np.dtype(choice)
+
+
+def features_schema(n: int, c: int, d: int, grid: tuple[int, int], dtype=np.float32) -> pa.Schema:
+    kind = pa.from_numpy_dtype(np.dtype(dtype))
     return pa.schema(
-        [("image_id", pa.string()), ("label", pa.int64()), ("tokens", pa.list_(pa.float32(), n * c)),
-         ("keys", pa.list_(pa.float32(), n * c)), ("cls", pa.list_(pa.float32(), c)),
+        [("image_id", pa.string()), ("label", pa.int64()), ("tokens", pa.list_(kind, n * c)),
+         ("keys", pa.list_(kind, n * c)), ("cls", pa.list_(pa.float32(), c)),
          ("embedding", pa.list_(pa.float32(), d))],
-        metadata={"grid_h": str(grid[0]), "grid_w": str(grid[1]), "width": str(c),
-                  "layout": "tokens and keys are row-major (N, C) with N = grid_h * grid_w; pre-ln_post"},
+        metadata={"grid_h": str(grid[0]), "grid_w": str(grid[1]), "width": str(c), "storage_dtype": np.dtype(dtype).name,
+                  "layout": "tokens and keys are row-major (N, C) with N = grid_h * grid_w; pre-ln_post; "
+                            "tokens and keys in storage_dtype (float16 or float32), cls and embedding float32"},
     )
 
 
@@ -61,7 +88,7 @@ PREDICTIONS_SCHEMA = pa.schema([
     outs={
         "zero_shot_predictions": AssetOut(code_version="1", is_required=False, group_name="encodings", kinds={"parquet"},
                                           description="Per image the top-5 classes, probabilities and cosines; top-1/top-5 accuracy in metadata."),
-        "patch_features": AssetOut(code_version="1", is_required=False, group_name="encodings", kinds={"parquet"},
+        "patch_features": AssetOut(code_version="2", is_required=False, group_name="encodings", kinds={"parquet"},
                                    description="Per image the last block's patch tokens (pre-ln_post) and keys (with in-proj bias), CLS token and unit image embedding."),
     },
     deps=[dataset_manifest, class_text_embeddings, MODEL_CHECKPOINT],
@@ -77,6 +104,7 @@ def image_encodings(context: AssetExecutionContext, config: EncodeConfig, datase
 
     model, dataset = model_and_dataset(context)
     selected = set(context.op_execution_context.selected_output_names)
+    dtype = storage_dtype(config.storage_dtype, zoo, model)
     view = partition_view(datasets, store, model, dataset)
     m = zoo.load(model)
     weights = read_class_weights(store, model, dataset).to(m.device) if "zero_shot_predictions" in selected else None
@@ -112,14 +140,16 @@ def image_encodings(context: AssetExecutionContext, config: EncodeConfig, datase
             if "patch_features" in selected:
                 if feats is None:
                     n, c = f.tokens.shape[1:]
-                    schema = features_schema(n, c, f.embedding.shape[1], f.grid)
+                    schema = features_schema(n, c, f.embedding.shape[1], f.grid, dtype)
                     feats = stack.enter_context(store.writer("patch_features", schema, model=model, dataset=dataset))
                     sample = (images[:6].float().cpu(), f.tokens[:6].cpu().numpy(), f.grid)
-                stats.add(f.tokens.float().cpu().numpy(), f.keys.float().cpu().numpy(), f.cls.float().cpu().numpy(),
-                          unit=f.embedding.float().cpu().numpy())
+                tokens = f.tokens.float().cpu().numpy().astype(dtype, copy=False)
+                keys = f.keys.float().cpu().numpy().astype(dtype, copy=False)
+                # the stored values: a float16 overflow (|x| > 65504) fails the `finite` check
+                stats.add(tokens, keys, f.cls.float().cpu().numpy(), unit=f.embedding.float().cpu().numpy())
                 feats.write_table(pa.table({
                     "image_id": rows["image_id"].to_list(), "label": labels,
-                    "tokens": vectors(f.tokens.cpu().numpy()), "keys": vectors(f.keys.cpu().numpy()),
+                    "tokens": vectors(tokens, dtype=dtype), "keys": vectors(keys, dtype=dtype),
                     "cls": vectors(f.cls.cpu().numpy()), "embedding": vectors(f.embedding.cpu().numpy()),
                 }, schema=feats.schema))
             progress.update(len(rows))
@@ -140,7 +170,7 @@ def image_encodings(context: AssetExecutionContext, config: EncodeConfig, datase
                            store.figure_path("zero_shot_predictions", f"{model}__{dataset}.png"), "per-class accuracy"),
         })
     if "patch_features" in selected:
-        meta = {"dagster/row_count": progress.done, **throughput,
+        meta = {"dagster/row_count": progress.done, **throughput, "storage dtype (tokens, keys)": str(dtype),
                 **table_metadata(store.table_path("patch_features", model=model, dataset=dataset))}
         if sample is not None:
             meta["grid"] = f"{sample[2][0]}x{sample[2][1]}"

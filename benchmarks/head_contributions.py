@@ -1,6 +1,7 @@
 """head_contributions and TextSpan: throughput and memory. Prints a table; not a test.
 
     python benchmarks/head_contributions.py [--toy-images 2000] [--vit-b16-images 64] [--textspan-n 10000]
+    python benchmarks/head_contributions.py --rss-sizes 2000 8000 [--gathered]
 
 Each row runs in a fresh process; peak RSS is that process's (wait4), so rows do not share memory.
 
@@ -13,6 +14,12 @@ Each row runs in a fresh process; peak RSS is that process's (wait4), so rows do
    shapes (timing does not depend on the values), k = 5 (CLIP-InterpreT labels) and k = 20 (text-span
    study), r = 80 (reference).
 CUDA is used when available (--device to force).
+
+--rss-sizes: only row 1, once per toyworld size, each in a fresh process, and the ratio of the largest size's peak
+RSS to the smallest's: the asset streams its LanceDB rows through a spool file into one commit
+(`LanceStore.replace_partition_stream`), so the ratio should stay near 1 (issue 12 asks ≤ 1.25 for 8k vs 2k).
+--gathered adds the same runs with the rows gathered in memory and committed with `replace_partition` (what
+the asset did before), for comparison.
 """
 
 import argparse
@@ -26,13 +33,24 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from _child import TOY_PARTITION, prepare_root, run_child  # noqa: E402
 
+MANIFEST = TOY_PARTITION + """
+from assets import data
+materialize([data.dataset_manifest], instance=inst, partition_key=key, resources=res)
+print(json.dumps({}))
+"""  # in a process of its own, before the measured one (head_contributions reads the stored manifest)
+
 ASSET = TOY_PARTITION + """
 from assets.heads import contributions as heads
+if len(sys.argv) > 3 and sys.argv[3] == "gathered":  # the asset before streaming: every row in memory, then one commit
+    import pyarrow as pa
+    from resources.lance import LanceStore
+    LanceStore.replace_partition_stream = lambda self, table, batches, model, dataset, key, **kw: self.replace_partition(
+        table, pa.concat_tables(list(batches)), model, dataset, key)
 r = materialize([heads.head_contributions], instance=inst, partition_key=key, resources=res,
                 run_config={"ops": {"head_contributions": {"config": {"batch_size": 128}}}})
 meta = r.asset_materializations_for_node("head_contributions")[0].metadata
 print(json.dumps({"images/s": meta["images/s"].value, "images": meta["images"].value,
-                  "max_err": meta["max |Σ parts − e|"].value}))
+                  "max_err": meta["max |Σ parts − e|"].value, "rows": meta["dagster/row_count"].value}))
 """
 
 VIT = """
@@ -93,11 +111,17 @@ def main() -> None:
     p.add_argument("--textspan-n", type=int, default=10000)
     p.add_argument("--textspan-texts", type=int, default=3498)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--rss-sizes", type=int, nargs="+", help="only the asset's peak RSS at these toyworld sizes")
+    p.add_argument("--gathered", action="store_true", help="with --rss-sizes: also the gather-then-commit way")
     args = p.parse_args()
     dev = args.device
     print(f"device {dev}, torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs", flush=True)
+    if args.rss_sizes:
+        return rss_scaling(sorted(args.rss_sizes), dev, args.gathered)
     rows = []
-    res, rss = run_child(ASSET, str(prepare_root(args.toy_images)), dev)
+    root = prepare_root(args.toy_images)
+    run_child(MANIFEST, str(root), dev)
+    res, rss = run_child(ASSET, str(root), dev)
     rows.append((f"head_contributions asset, toy-vit.s0 × toyworld, {res['images']} images", f"{res['images/s']:.1f} images/s",
                  rss, f"max |Σ parts − e| {res['max_err']:.2g}"))
     print(rows[-1], flush=True)
@@ -116,6 +140,27 @@ def main() -> None:
     print(f"\n{'what':80} {'speed':>16} {'peak RSS MiB':>13}  note")
     for what, speed, rss, note in rows:
         print(f"{what:80} {speed:>16} {rss:13.0f}  {note}")
+
+
+def rss_scaling(sizes: list[int], dev: str, gathered: bool) -> None:
+    """Peak RSS of the head_contributions asset per toyworld size (fresh process each), streamed (and gathered)."""
+    import shutil
+
+    ways = ["streamed"] + (["gathered"] if gathered else [])
+    peak = {}
+    for n in sizes:
+        root = prepare_root(n)
+        run_child(MANIFEST, str(root), dev)
+        for way in ways:
+            if way != ways[0]:  # the same old partition to replace in every run: start from a copy without LanceDB
+                shutil.rmtree(root / "lancedb", ignore_errors=True)
+            res, rss = run_child(ASSET, str(root), dev, way)
+            peak[way, n] = rss
+            print(f"{way:9} {res['images']:6d} images {res['rows']:8d} rows  {res['images/s']:7.1f} images/s  "
+                  f"peak RSS {rss:7.0f} MiB", flush=True)
+        shutil.rmtree(root.parent, ignore_errors=True)
+    for way in ways:
+        print(f"{way}: peak RSS {sizes[-1]} / {sizes[0]} images = {peak[way, sizes[-1]] / peak[way, sizes[0]]:.3f}")
 
 
 if __name__ == "__main__":

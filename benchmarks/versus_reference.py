@@ -1,7 +1,7 @@
 """cliplab's pure maths against a re-statement of what the reference code computes, side by side. Prints a table; not a test.
 
     python benchmarks/versus_reference.py            # paper-sized inputs (a few minutes on one core)
-    python benchmarks/versus_reference.py --quick    # smaller TextSpan, fewer repeats (< 60 s)
+    python benchmarks/versus_reference.py --quick    # smaller TextSpan and chain, fewer repeats (1–2 minutes)
 
 Each step runs cliplab's function and a re-statement of the reference computation (from the method pages
 ../shared/methods/mutual-knowledge.md and head-spans.md; never the reference's own code) on identical
@@ -19,11 +19,19 @@ that quantity is.
 3. PCA concepts: 4,000 foreground patches × 768 (50 images of a ViT-B), PCA(5) [scikit-learn defaults],
    min-max scaling, argmax. cliplab: `pca_concepts`.
 4. k-means concepts: the same patches, L2-normalised, k-means(5), ≤ 500 iterations (seeded like cliplab:
-   the reference is unseeded). cliplab: `kmeans_concepts`.
+   the reference is unseeded). cliplab: `kmeans_concepts` (scikit-learn's seeded Lloyd with Elkan's bounds).
 5. TextSpan, 12 heads (one layer) of rank head_dim + 4 = 68 (d = 512, 3,498 texts): SVD of C, V_r, texts
    projected, then k greedy steps that form the (n × M) score matrix. The reference's r is the heads' true
    rank here (its r = 80 would add rounding-noise directions, which change picks). cliplab:
    `text_span_heads(r="numerical")`, batched and as a loop of single heads.
+
+6. The mutual-knowledge chain per image, one class batch of 50 toyworld images (16 with --quick) through a
+   random-init toy CLIP (patch tokens and image embeddings computed once beforehand, as patch_features stores
+   them): the reference's sequence of steps (joint SVD; image by image the clean-up; both concept branches;
+   image by image and concept by concept the ellipse, the three prompts and one encoder call per prompt, plus
+   one for the unprompted image; image by image candidates, Sinkhorn, top-3, D_v and the MI curve) against
+   cliplab's batched asset computation (`cliplab_chain`). One-concept images are not compared (the reference's
+   plan is flat there and picks the first candidates; cliplab ranks by S, see `select_descriptors`).
 
 Synthetic data: timing does not depend on the values, and equality is checked on them. The machine may
 be shared: numbers are noisy; the ratio is what matters.
@@ -253,9 +261,152 @@ def bench_textspan(repeats, ref_repeats, n, k):
     ]
 
 
+# ---------------------------------------------------------------- 6. the whole chain, per image
+
+def chain_inputs(B=50, D=4229, u=50, seed=5):
+    """A class batch of B toyworld images through a random-init toy CLIP (64 px, 8×8 patches): patch tokens,
+    unit image embeddings (patch_features' two outputs, computed once, not timed), a unit descriptor bank and
+    a D_ŷ of u descriptors per image."""
+    from cliplab.features import patch_features as extract
+    from cliplab.toy import toyworld
+    from cliplab.toy.clip import MEAN, STD, build_toy_clip, images_to_tensor
+
+    torch.manual_seed(seed)
+    model = build_toy_clip().eval()
+    images = images_to_tensor(toyworld.generate(0, "val", B).images)
+    with torch.inference_mode():
+        f = extract(model, images)
+    bank = F.normalize(torch.randn(D, f.embedding.shape[1], generator=torch.Generator().manual_seed(seed)), dim=-1)
+    rng = np.random.default_rng(seed)
+    D_y = [rng.choice(D, u, replace=False).tolist() for _ in range(B)]
+    mean, std = torch.tensor(MEAN)[None, :, None, None], torch.tensor(STD)[None, :, None, None]
+    return model, images, (images * std + mean).clamp(0, 1), f.tokens.float(), f.embedding.float(), f.grid, bank, D_y, (mean, std)
+
+
+def reference_chain(model, images, pixels, tokens, grid, bank, D_y, norm, L=5):
+    """The reference's sequence of steps: joint SVD over the class batch, then image by image the clean-up;
+    both concept branches on the pooled foreground; then image by image and concept by concept the ellipse,
+    the three prompts and one encoder call per prompt; the unprompted image's own encoder call; image by
+    image the candidates, Sinkhorn, top-3 (reference_selection), D_v and the MI curve (reference_curves)."""
+    from scipy import ndimage
+    from torchvision.transforms.functional import gaussian_blur
+
+    from cliplab.mutual.information import importance_order
+    from cliplab.mutual.visual_prompts import concept_regions, fit_ellipse, visual_prompts
+
+    mean, std = norm
+    B, N, _ = tokens.shape
+    f_hat = F.normalize(tokens, dim=-1).reshape(B * N, -1)
+    v = torch.linalg.svd(f_hat, full_matrices=False).U[:, 1]
+    share = float((v > 0).float().mean())
+    fg = ((-v if 0.5 < share < 1 else v) > 0).reshape(B, *grid).numpy()
+    masks = []
+    for b in range(B):  # largest 8-connected component, plus the second if ≥ 5 patches
+        lab, n = ndimage.label(fg[b], structure=np.ones((3, 3)))
+        sizes = np.bincount(lab.ravel())[1:]
+        order = np.argsort(-sizes, kind="stable")
+        keep = [order[0] + 1] if n else []
+        if n > 1 and sizes[order[1]] >= 5:
+            keep.append(order[1] + 1)
+        masks.append(np.isin(lab, keep) & (lab > 0))
+    masks = np.stack(masks).reshape(B, N)
+    img, patch = np.nonzero(masks)
+    x = tokens.numpy()[img, patch]
+    out = {}
+    for branch, ids in (("pca", reference_pca(x, L)), ("kmeans", reference_kmeans(x, L))):
+        curves = []
+        for b in range(B):
+            g = np.full(N, -1)
+            g[patch[img == b]] = ids[img == b]
+            if not (g >= 0).any():
+                continue
+            regions = concept_regions(g[None], grid, L)[0]
+            feats, present = [], []
+            for c in range(L):
+                if not regions[c].any():
+                    continue
+                region = F.interpolate(torch.from_numpy(regions[c])[None, None].float(), size=pixels.shape[-2:], mode="nearest")[0] > 0.5
+                ellipse = fit_ellipse(region)
+                blurred = gaussian_blur(pixels[b: b + 1], [11, 11], [2.0, 2.0])
+                prompts = visual_prompts(pixels[b: b + 1], ellipse, blurred=blurred)[0]
+                with torch.inference_mode():
+                    embs = [F.normalize(model.encode_image((p[None] - mean) / std).float(), dim=-1)[0] for p in prompts]
+                feats.append(torch.stack(embs).mean(0))
+                present.append(c)
+            with torch.inference_mode():
+                image = F.normalize(model.encode_image(images[b: b + 1]).float(), dim=-1)[0]
+            S = (torch.stack(feats) @ bank.T).double()
+            image_sim = (image @ bank.T).double()
+            picks, _ = reference_selection(S[None], image_sim[None], torch.ones(1, len(feats), dtype=torch.bool))
+            selected = [list(p) for p in picks[0]]
+            dv, _ = importance_order(selected, image_sim.numpy())
+            curves.append((*reference_curves([(dv, D_y[b])])[0], len(feats)))
+        out[branch] = curves
+    return out
+
+
+def cliplab_chain(model, pixels, tokens, embedding, grid, bank, D_y, norm, L=5):
+    """cliplab's assets' computation for the same batch: prominent_patches, largest_components, both concept
+    branches, every concept of both branches prompted in one batch with one prompt set per distinct
+    (image, ellipse) and one encoder call, the image embeddings from patch_features, select_descriptors_batch
+    for all images, importance_order and mi_curve."""
+    from cliplab.mutual.cleanup import largest_components
+    from cliplab.mutual.concept_descriptors import describe_concepts
+    from cliplab.mutual.concepts import kmeans_concepts, pca_concepts
+    from cliplab.mutual.information import auc, importance_order, mi_curve
+    from cliplab.mutual.spectral import prominent_patches
+
+    mean, std = norm
+    B, N, _ = tokens.shape
+    masks = largest_components(prominent_patches(tokens).reshape(B, *grid).numpy()).reshape(B, N)
+    img, patch = np.nonzero(masks)
+    x = tokens.numpy()[img, patch]
+    grids = []
+    for ids in (pca_concepts(x, L), kmeans_concepts(x, L)):
+        g = np.full((B, N), -1)
+        g[img, patch] = ids
+        grids.append(g)
+    images = (pixels - mean) / std
+    cd = describe_concepts(lambda p: model.encode_image(p).float(), images, mean, std, grids, grid, L, bank, embedding, {},
+                           ablation=False)
+    present = cd.n_patches > 0
+    out = {}
+    for j, branch in enumerate(("pca", "kmeans")):
+        picks = cd.picks[(j, True)]
+        curves = []
+        for b in range(B):
+            if not present[b, j * L:(j + 1) * L].any():
+                continue
+            selected = [[d for d in picks[b, c] if d >= 0] for c in range(L) if present[b, j * L + c]]
+            dv, _ = importance_order(selected, cd.image_sim[b])
+            curve = mi_curve(dv, D_y[b])
+            curves.append((curve, auc(curve)))
+        out[branch] = curves
+    return out, cd.prompts_encoded / B, 3 * len(cd.slot) / B + 1
+
+
+def bench_chain(repeats, B):
+    model, images, pixels, tokens, embedding, grid, bank, D_y, norm = chain_inputs(B=B)
+    t_ref, ref = timed(lambda: reference_chain(model, images, pixels, tokens, grid, bank, D_y, norm), max(1, repeats // 2))
+    t_ours, (ours, passes, ref_passes) = timed(lambda: cliplab_chain(model, pixels, tokens, embedding, grid, bank, D_y, norm), repeats)
+    delta, differ, single = 0.0, 0, 0
+    for branch in ("pca", "kmeans"):
+        assert len(ref[branch]) == len(ours[branch]), (branch, len(ref[branch]), len(ours[branch]))
+        for (a, x, n_concepts), (b, y) in zip(ref[branch], ours[branch]):
+            if n_concepts == 1:  # the reference's plan is flat (its picks: the first candidates); cliplab ranks by S
+                single += 1
+                continue
+            differ += int(len(a) != len(b) or not np.allclose(a, b, atol=1e-6))
+            if len(a) == len(b):
+                delta = max(delta, float(np.abs(a - b).max()), abs(x - y))
+    return [(f"mutual-knowledge chain, {B} images (toy CLIP, per image)", t_ref, t_ours, delta,
+             f"MI curves, AUC; {differ} curves differ ({single} one-concept curves not compared: flat plan); "
+             f"encoder passes/image {ref_passes:.1f} → {passes:.1f}")]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="smaller TextSpan and fewer repeats (< 60 s)")
+    p.add_argument("--quick", action="store_true", help="smaller TextSpan and chain, fewer repeats (1–2 minutes)")
     p.add_argument("--repeats", type=int, default=0, help="repeats per measurement (default 5, --quick 3)")
     args = p.parse_args()
     repeats = args.repeats or (3 if args.quick else 5)
@@ -273,8 +424,10 @@ def main() -> None:
     rows += bench_concepts(repeats)
     if args.quick:
         rows += bench_textspan(repeats, 1, n=1000, k=5)
+        rows += bench_chain(repeats, B=16)
     else:
         rows += bench_textspan(repeats, 2, n=2000, k=20)
+        rows += bench_chain(repeats, B=50)
     print(f"\ncliplab vs reference re-statement, {'quick' if args.quick else 'full'}, 1 thread "
           f"(torch {torch.get_num_threads()}, BLAS {'limited' if limits else 'unlimited'}), "
           f"median of {repeats} repeats (reference TextSpan {1 if args.quick else 2}), {time.perf_counter() - t0:.0f} s in all\n")

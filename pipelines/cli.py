@@ -6,6 +6,7 @@
     cliplab query zero_shot_predictions --model toy-vit.s0 --limit 5
     cliplab ui                       # dagster dev -w workspace.yaml (DAGSTER_HOME=./.dagster_home)
     cliplab heads segment --image-id val/000003 --layer 3 --head 1 --text "something red" --out seg.png
+    cliplab explore                  # the explorer page on http://127.0.0.1:8765 (--host 0.0.0.0 exposes it: no auth)
 """
 
 from __future__ import annotations
@@ -101,7 +102,10 @@ def cmd_ui(args) -> int:
     print(f"cliplab: DAGSTER_HOME={home}; {' '.join(cmd)}")
     os.chdir(REPO)
     url = os.environ.setdefault("CLIPLAB_FIGURE_URL", FIGURE_URL_DEFAULT)
-    figures = Path(os.environ.get("CLIPLAB_ARTIFACTS", "./artifacts")).resolve() / "_figures"
+    from resources.objectstore import is_remote
+
+    root = os.environ.get("CLIPLAB_ARTIFACTS", "./artifacts")
+    figures = f"{root.rstrip('/')}/_figures" if is_remote(root) else Path(root).resolve() / "_figures"
     try:
         server = start_figure_server(figures, url)
         print(f"cliplab: figures from {figures} at {url}")
@@ -207,10 +211,14 @@ def _remove_partitions(instance, model: str, dataset: str | None, purge: bool, a
         if dataset is not None:
             print("cliplab: a (model, dataset) pair has no partition of its own; --purge deletes its artifacts")
         return 0
+    from resources.objectstore import is_remote
+
     res = resources_from_env(artifacts)
     folders = res["store"].delete_partitions(model, dataset)
-    rows = res["lance"].delete_partitions(model, dataset) if Path(res["lance"].uri).exists() else 0
+    rows = res["lance"].delete_partitions(model, dataset) if is_remote(res["lance"].uri) or Path(res["lance"].uri).exists() else 0
     checkpoint = res["zoo"].checkpoint_dir(model)
+    if dataset is None and res["zoo"].delete_stored_checkpoint(model):
+        print(f"cliplab: deleted {res['zoo'].checkpoint_uri(model)}")
     if dataset is None and checkpoint.is_dir():
         shutil.rmtree(checkpoint)
         print(f"cliplab: deleted {checkpoint}")
@@ -304,8 +312,10 @@ def parser() -> argparse.ArgumentParser:
                     help="list the assets (pending: the ones not materialised and fresh; all)")
     st.set_defaults(fn=cmd_status)
     from pipelines import heads_cli
+    from pipelines.explorer import cli as explore_cli
 
     heads_cli.add_parser(sub)
+    explore_cli.add_parser(sub)
     return p
 
 

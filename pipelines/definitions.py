@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from dagster import Definitions, in_process_executor
+from dagster import Definitions
 
 from assets import checkpoint, data, encodings
 from assets.automation import operated
@@ -16,6 +16,7 @@ from assets.heads import spans as head_spans
 from assets.mutual import concepts, descriptors, evaluations
 from assets.mutual import knowledge as mutual
 from assets.toy import world as toy
+from pipelines.deploy import executor_from_env
 from pipelines.jobs import JOBS
 from pipelines.schedules import backfill_schedule
 from pipelines.sensors import automation, registry_sensor
@@ -23,6 +24,7 @@ from resources.datasets import DatasetCatalog
 from resources.labelers import HeadLabelers
 from resources.lance import LanceStore
 from resources.models import ModelZoo
+from resources.objectstore import cache_folder, is_remote
 from resources.reference_data import ReferenceData
 from resources.store import ArtifactStore
 
@@ -40,7 +42,7 @@ def resources_from_env(root: str | None = None, registry: str | None = None) -> 
                         watch_dir=os.environ.get("CLIPLAB_CHECKPOINT_DIR", "")),
         "datasets": DatasetCatalog(registry=registry, artifacts_root=root,
                                    num_workers=int(os.environ.get("CLIPLAB_LOADER_WORKERS", "0"))),
-        "reference": ReferenceData(cache_dir=f"{root.rstrip('/')}/reference",
+        "reference": ReferenceData(cache_dir=str(cache_folder(root) / "reference") if is_remote(root) else f"{root.rstrip('/')}/reference",
                                    local_dir=os.environ.get("CLIPLAB_REFERENCE_DIR", "")),
         "labelers": HeadLabelers(),  # LLM endpoint from $CLIPLAB_LLM_URL / _MODEL / _API_KEY when the llm labeler is chosen
     }
@@ -62,6 +64,7 @@ defs = Definitions(
     resources=resources_from_env(),
     # One process per run, steps in sequence: the model (and, on a GPU, the CUDA context) is loaded once per run
     # and shared by its steps through the zoo's per-process cache, instead of a fresh Python + torch import +
-    # model load per step (17-20 s each here; benchmarks/executor.py measures both).
-    executor=in_process_executor,
+    # model load per step (17-20 s each here; benchmarks/executor.py measures both). With CLIPLAB_CELERY_BROKER set,
+    # Celery workers on several machines run the steps, GPU steps on the `gpu` queue (pipelines/deploy.py).
+    executor=executor_from_env(),
 )

@@ -24,6 +24,7 @@ from dagster import ConfigurableResource
 from cliplab.errors import CliplabError
 from resources.folders import check_images, scan_folder
 from resources.images import MAX_PIXELS, decode_image
+from resources.objectstore import cache_folder, cached_copy, is_remote
 from resources.registry import DatasetSpec, load_registry, validate_key
 
 if TYPE_CHECKING:
@@ -129,7 +130,12 @@ class DatasetCatalog(ConfigurableResource):
         return sorted(load_registry(self.registry, problems).datasets)
 
     def toyworld_path(self, split: str) -> Path:
-        return Path(self.artifacts_root) / TOYWORLD_ASSET / f"split={validate_key(split, 'split')}" / "part-0.parquet"
+        """The local Parquet file of toyworld's `split`; on an object-store root, a current copy of it in the root's
+        local cache (absent when the store has none), since images are decoded from local files."""
+        rel = (TOYWORLD_ASSET, f"split={validate_key(split, 'split')}", "part-0.parquet")
+        if is_remote(self.artifacts_root):
+            return cached_copy("/".join([self.artifacts_root.rstrip("/"), *rel]), cache_folder(self.artifacts_root).joinpath(*rel))
+        return Path(self.artifacts_root).joinpath(*rel)
 
     def _scan(self, spec: DatasetSpec):
         """The folder layout of a folder dataset (paths, labels, class names); no image is read."""

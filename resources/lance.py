@@ -61,7 +61,10 @@ class LanceStore(ConfigurableResource):
     def connect(self):
         import lancedb
 
-        return lancedb.connect(self.uri)
+        from resources.objectstore import lance_options
+
+        options = lance_options(self.uri)  # an object-store URI: endpoint and keys from the AWS variables
+        return lancedb.connect(self.uri, storage_options=options) if options else lancedb.connect(self.uri)
 
     def replace_partition(self, table: str, data: pa.Table, model: str, dataset: str, key: str) -> int:
         """Make `table`'s rows for (model, dataset) exactly `data` (which must carry `model`, `dataset` and `key`).
@@ -81,6 +84,68 @@ class LanceStore(ConfigurableResource):
                 _retried(lambda other=other: db.open_table(other).delete(scope), f"LanceDB table {other!r}: deleting {scope}")
         self._tidy(target)
         return len(data)
+
+    def replace_partition_stream(self, table: str, batches, model: str, dataset: str, key: str,
+                                 schema: pa.Schema | None = None, spool_dir: str | None = None) -> int:
+        """`replace_partition` for a partition too large to hold in memory: `batches` (an iterable of Arrow tables or
+        record batches, all of `schema`, default the first one's) are spooled to a local Arrow IPC file as they
+        come, then committed in the same single `merge_insert` … `when_not_matched_by_source_delete`, which reads
+        the file back batch by batch (Lance spills its join to disk). Memory does not grow with the partition;
+        readers see the old rows or the new ones; nothing is committed until `batches` is exhausted, so a failure
+        while computing them keeps the old partition; a commit retried after a lost race re-reads the file.
+        The spool (as large as the partition's rows) goes to `spool_dir`, default the system's temporary folder."""
+        import tempfile
+        from pathlib import Path
+
+        validate_key(model, "model key"), validate_key(dataset, "dataset key")
+        with tempfile.TemporaryDirectory(prefix="cliplab-lance-spool-", dir=spool_dir) as tmp:
+            path, n, spool = str(Path(tmp) / "rows.arrows"), 0, None
+
+            def open_spool(schema: pa.Schema):
+                for col in ("model", "dataset", key):
+                    if col not in schema.names:
+                        raise CliplabError(f"LanceDB table {table!r}: rows lack column {col!r}")
+                sink = pa.OSFile(path, "wb")
+                return sink, pa.ipc.new_stream(sink, schema)
+
+            try:
+                if schema is not None:
+                    spool = open_spool(schema)
+                for batch in batches:
+                    if spool is None:
+                        schema = batch.schema
+                        spool = open_spool(schema)
+                    if not batch.schema.equals(schema):
+                        raise CliplabError(f"LanceDB table {table!r}: a batch's schema differs from the first's:\n"
+                                           f"{batch.schema}\nvs\n{schema}")
+                    if isinstance(batch, pa.Table):
+                        spool[1].write_table(batch)
+                    else:
+                        spool[1].write_batch(batch)
+                    n += batch.num_rows
+            finally:
+                if spool is not None:
+                    spool[1].close()
+                    spool[0].close()
+            if spool is None:
+                raise CliplabError(f"LanceDB table {table!r}: no rows and no schema given for model={model}, "
+                                   f"dataset={dataset}")
+            db = self.connect()
+            target = self._create_or_open(db, table, schema)
+            scope = f"model = {_sql_str(model)} AND dataset = {_sql_str(dataset)}"
+
+            def commit():
+                with pa.OSFile(path, "rb") as source:  # a fresh reader per attempt: the file is replayed, not held
+                    return (target.merge_insert(["model", "dataset", key]).when_matched_update_all()
+                            .when_not_matched_insert_all().when_not_matched_by_source_delete(scope)
+                            .execute(pa.ipc.open_stream(source)))
+
+            _retried(commit, f"LanceDB table {target.name!r}: writing model={model}, dataset={dataset}")
+        for other in _variant_names(db, table):  # as replace_partition: the partition's rows of another width go
+            if other != target.name:
+                _retried(lambda other=other: db.open_table(other).delete(scope), f"LanceDB table {other!r}: deleting {scope}")
+        self._tidy(target)
+        return n
 
     def _create_or_open(self, db, table: str, schema: pa.Schema):
         """The physical table of logical `table` for `schema`'s vector width, created empty when there is none. At

@@ -23,6 +23,7 @@ from dagster import ConfigurableResource
 
 from cliplab.errors import CliplabError, DownloadError
 from resources.atomic import recover, replaced_folder
+from resources.objectstore import cache_folder, is_remote
 from resources.registry import TOY_ARCH, ModelSpec, load_registry, validate_key
 
 CONFIG_FILE = "open_clip_config.json"
@@ -341,7 +342,81 @@ class ModelZoo(ConfigurableResource):
     watch_dir: str = ""
 
     def checkpoint_dir(self, key: str) -> Path:
+        """The local folder of `key`'s checkpoint: `<artifacts>/checkpoints/<key>`, or, when the artifact root is on an
+        object store, its verified local copy in the root's cache (`resources.objectstore`)."""
+        if is_remote(self.artifacts_root):
+            return cache_folder(self.artifacts_root) / "checkpoints" / validate_key(key, "model key")
         return Path(self.artifacts_root) / "checkpoints" / validate_key(key, "model key")
+
+    def checkpoint_uri(self, key: str) -> str:
+        """Where `key`'s checkpoint is stored: its folder, or `<root>/checkpoints/<key>` on the object store."""
+        if is_remote(self.artifacts_root):
+            return f"{self.artifacts_root.rstrip('/')}/checkpoints/{validate_key(key, 'model key')}"
+        return str(self.checkpoint_dir(key))
+
+    def publish_checkpoint(self, key: str) -> None:
+        """After `save_checkpoint` into `checkpoint_dir(key)`: on an object-store root, upload it to `checkpoint_uri`,
+        the weights first and then the sidecar, which names the weights' sha256 and is the commit (one PUT each: a
+        reader sees the old sidecar or the new one, and `_sync_checkpoint` checks the weights against it). A local
+        root has nothing to do."""
+        if not is_remote(self.artifacts_root):
+            return
+        from resources import objectstore
+
+        local, remote = self.checkpoint_dir(key), self.checkpoint_uri(key)
+        objectstore.upload(local / WEIGHTS_FILE, f"{remote}/{WEIGHTS_FILE}")
+        objectstore.write_bytes(f"{remote}/{CONFIG_FILE}", (local / CONFIG_FILE).read_bytes())
+
+    def _sync_checkpoint(self, key: str, attempts: int = 5) -> None:
+        """Object-store root: make the local cache folder a copy of the stored checkpoint whose weights match the
+        sidecar's sha256 (downloaded only when the sidecar changed; removed when none is stored). Weights that do not
+        match (a writer between its two PUTs) are fetched again; never unpickled, like every checkpoint."""
+        import fcntl
+        import shutil
+        import time
+
+        from resources import objectstore
+
+        local, remote = self.checkpoint_dir(key), self.checkpoint_uri(key)
+        local.parent.mkdir(parents=True, exist_ok=True)
+        with open(local.parent / f".{key}.lock", "w") as lock:  # processes of one machine share the cache
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            recover(local)
+            for attempt in range(attempts):
+                sidecar = objectstore.read_bytes(f"{remote}/{CONFIG_FILE}")
+                if sidecar is None:
+                    shutil.rmtree(local, ignore_errors=True)
+                    return
+                if (local / WEIGHTS_FILE).is_file() and (local / CONFIG_FILE).is_file() \
+                        and (local / CONFIG_FILE).read_bytes() == sidecar:
+                    return  # verified when it was fetched
+                want = json.loads(sidecar).get("cliplab", {}).get("sha256", "")
+                with replaced_folder(local) as staged:
+                    objectstore.download(f"{remote}/{WEIGHTS_FILE}", staged / WEIGHTS_FILE)
+                    got = sha256_file(staged / WEIGHTS_FILE)
+                    if got == want:
+                        (staged / CONFIG_FILE).write_bytes(sidecar)
+                if got == want:
+                    return
+                shutil.rmtree(local, ignore_errors=True)
+                time.sleep(0.5 * (attempt + 1))
+            raise CliplabError(f"checkpoint {remote}: its weights' sha256 ({got[:16]}…) is not the one its "
+                               f"{CONFIG_FILE} names ({want[:16]}…) after {attempts} downloads")
+
+    def delete_stored_checkpoint(self, key: str) -> bool:
+        """Object-store root: delete `<root>/checkpoints/<key>/`; returns whether there was one (a local root: False,
+        its folder is `checkpoint_dir`)."""
+        if not is_remote(self.artifacts_root):
+            return False
+        import pyarrow.fs as pafs
+
+        from resources import objectstore
+
+        fs, path = objectstore.filesystem(self.checkpoint_uri(key))
+        if fs.get_file_info(path).type != pafs.FileType.Directory:
+            return False
+        fs.delete_dir(path)
+        return True
 
     def spec(self, key: str) -> ModelSpec:
         """The registry's entry (built-ins included), or — for a key whose entry is gone — the checkpoint folder
@@ -353,6 +428,8 @@ class ModelZoo(ConfigurableResource):
         except CliplabError:
             if self.watch_dir and key in (watched := watched_models(self.watch_dir))[0]:
                 return watched[0][key]
+            if is_remote(self.artifacts_root) and self.has_checkpoint(key):
+                return ModelSpec(key, "local-dir", path=str(self.checkpoint_dir(key)))
             if (self.checkpoint_dir(key) / CONFIG_FILE).is_file():
                 return ModelSpec(key, "local-dir", path=str(self.checkpoint_dir(key)))
             raise
@@ -366,6 +443,9 @@ class ModelZoo(ConfigurableResource):
             keys |= set(found)
             if problems is not None:
                 problems.update(why)
+        if is_remote(self.artifacts_root):
+            keys |= self._stored_keys()
+            return sorted(keys)
         root = Path(self.artifacts_root) / "checkpoints"
         if root.is_dir():
             keys |= {p.name for p in root.iterdir() if (p / CONFIG_FILE).is_file()}
@@ -397,8 +477,20 @@ class ModelZoo(ConfigurableResource):
             return str(e)
         return None
 
+    def _stored_keys(self) -> set[str]:
+        """Object-store root: the keys with a committed checkpoint (a sidecar) under `<root>/checkpoints/`."""
+        import pyarrow.fs as pafs
+
+        from resources import objectstore
+
+        fs, path = objectstore.filesystem(f"{self.artifacts_root.rstrip('/')}/checkpoints")
+        found = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True, recursive=True))
+        return {f.path.rsplit("/", 2)[-2] for f in found if f.base_name == CONFIG_FILE and f.type == pafs.FileType.File}
+
     def has_checkpoint(self, key: str) -> bool:
         """Whether the `checkpoint` asset has written verified weights for `key` (toy, aft, checkpoint kinds)."""
+        if is_remote(self.artifacts_root):
+            self._sync_checkpoint(key)
         recover(self.checkpoint_dir(key))
         return (self.checkpoint_dir(key) / CONFIG_FILE).is_file()
 
@@ -406,7 +498,8 @@ class ModelZoo(ConfigurableResource):
         """The model of `key` on the zoo's device, preprocessing and tokenizer (one model cached per process)."""
         spec = self.spec(key)
         device = pick_device(self.device)
-        cache_key = (key, device, str(Path(self.artifacts_root).resolve()), self._fingerprint(spec), self.resize_mode)
+        root = self.artifacts_root if is_remote(self.artifacts_root) else str(Path(self.artifacts_root).resolve())
+        cache_key = (key, device, root, self._fingerprint(spec), self.resize_mode)
         if cache_key not in _CACHE:
             _CACHE.clear()  # one model in memory at a time: GPU memory is the scarce thing
             w = self.weights(key)
@@ -414,6 +507,8 @@ class ModelZoo(ConfigurableResource):
         return _CACHE[cache_key]
 
     def _fingerprint(self, spec: ModelSpec) -> str:
+        if spec.kind != "open_clip" and is_remote(self.artifacts_root):
+            self._sync_checkpoint(spec.key)  # weights re-made on another machine replace this machine's copy
         cfg = self.checkpoint_dir(spec.key) / CONFIG_FILE
         if spec.kind != "open_clip" and cfg.is_file():
             return f"dir|{cfg.stat().st_mtime_ns}"

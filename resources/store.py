@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 from dagster import ConfigurableResource
 
 from cliplab.errors import CliplabError
+from resources.objectstore import is_remote
 from resources.registry import validate_key
 
 STAGING = ".staging"
@@ -66,9 +67,11 @@ class ArtifactStore(ConfigurableResource):
         joined = "/".join([base.rstrip("/"), *parts])
         return joined if isinstance(fs, pafs.LocalFileSystem) else f"{self.root.split('://')[0]}://{joined}"
 
-    def figure_path(self, *parts: str) -> Path:
-        """Where a PNG attached to metadata is saved: `<root>/_figures/<parts...>` (a local path)."""
-        return Path(self.uri("_figures", *parts))
+    def figure_path(self, *parts: str) -> Path | str:
+        """Where a PNG attached to metadata is saved: `<root>/_figures/<parts...>` (a local path; the object's URI
+        when the root is on an object store)."""
+        uri = self.uri("_figures", *parts)
+        return uri if is_remote(self.root) else Path(uri)
 
     @staticmethod
     def partition_parts(asset: str, **partition: str) -> list[str]:
@@ -76,8 +79,13 @@ class ArtifactStore(ConfigurableResource):
         return [asset, *(f"{k}={validate_key(str(v), f'{k} key')}" for k, v in partition.items())]
 
     def table_path(self, asset: str, **partition: str) -> str:
-        """Path of the one Parquet file of `asset` for `partition` (e.g. model=..., dataset=...)."""
-        fs, base = self._fs()
+        """Path of the one Parquet file of `asset` for `partition` (e.g. model=..., dataset=...), in the root's own form
+        (a local path, or a URI that pyarrow and polars open: `s3://bucket/cliplab/<asset>/...`)."""
+        return self.uri(*self.partition_parts(asset, **partition), "part-0.parquet")
+
+    def _fs_path(self, asset: str, **partition: str) -> str:
+        """table_path within the root's filesystem (no scheme)."""
+        _, base = self._fs()
         return "/".join([base.rstrip("/"), *self.partition_parts(asset, **partition), "part-0.parquet"])
 
     def glob(self, asset: str) -> str:
@@ -90,7 +98,7 @@ class ArtifactStore(ConfigurableResource):
         On an exception the staged file is deleted and the old partition stays untouched.
         """
         fs, base = self._fs()
-        final = self.table_path(asset, **partition)
+        final = self._fs_path(asset, **partition)
         tag = "--".join(self.partition_parts(asset, **partition))
         staging_dir = f"{base.rstrip('/')}/{STAGING}"
         fs.create_dir(staging_dir, recursive=True)
@@ -127,7 +135,7 @@ class ArtifactStore(ConfigurableResource):
 
     def exists(self, asset: str, **partition: str) -> bool:
         fs, _ = self._fs()
-        return fs.get_file_info(self.table_path(asset, **partition)).type == pafs.FileType.File
+        return fs.get_file_info(self._fs_path(asset, **partition)).type == pafs.FileType.File
 
     def read(self, asset: str, **partition: str) -> pl.LazyFrame:
         """One partition (every hive key of `asset` given), with its keys as columns."""
@@ -143,7 +151,7 @@ class ArtifactStore(ConfigurableResource):
             keys = ", ".join(f"{k}={v}" for k, v in partition.items())
             raise CliplabError(f"asset {asset!r} has no materialised partition {keys} (looked for {self.table_path(asset, **partition)})")
         fs, _ = self._fs()
-        f = pq.ParquetFile(self.table_path(asset, **partition), filesystem=fs)
+        f = pq.ParquetFile(self._fs_path(asset, **partition), filesystem=fs)
         meta = {k.decode(): v.decode() for k, v in (f.schema_arrow.metadata or {}).items()}
         return meta, f.iter_batches(batch_size=batch_size, columns=columns)
 

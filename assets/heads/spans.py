@@ -37,7 +37,7 @@ GENERAL_BANK, WORD_BANK = "image_descriptions_general", "google_3498_english"
 class SpanConfig(Config):
     k: int = Field(default=20, ge=1)  # texts per head kept (reference: 20 for the text-span study; labels use the top 5)
     ks: list[int] = [1, 2, 5, 10, 20]  # noqa: RUF012 (a pydantic field) — texts per head in the replacement evaluation (0 = heads at their mean)
-    r: str = "reference"  # rank of span(V_r): "reference" (80), "numerical" (each head's numerical rank, recorded as rank_r), "head_dim+3", or an integer
+    r: str = "numerical"  # rank of span(V_r): "numerical" (each head's numerical rank σᵢ above its noise level, ≤ head_dim + 3, recorded as rank_r), "reference" (80), "head_dim+3", or an integer
     layers: int = Field(default=4, ge=1)  # span the heads of the last `layers` decomposed layers; earlier layers are mean-ablated
     banks: list[str] = []  # noqa: RUF012 (a pydantic field) — text banks; empty = the general bank, the word control and the dataset's own (toyworld's phrases)
 
@@ -86,7 +86,7 @@ def _banks(config: SpanConfig, texts: pl.DataFrame) -> list[str]:
     return [b for b in (GENERAL_BANK, WORD_BANK) if b in present] + own
 
 
-@asset(code_version="2", partitions_def=model_dataset, group_name="head_spans", kinds={"parquet"},
+@asset(code_version="3", partitions_def=model_dataset, group_name="head_spans", kinds={"parquet"},
        deps=[AssetKey("head_contributions"), AssetKey("text_bank_embeddings"), AssetKey("class_text_embeddings"),
              MODEL_CHECKPOINT])
 def head_spans(context: AssetExecutionContext, config: SpanConfig, store: ArtifactStore, lance: LanceStore,

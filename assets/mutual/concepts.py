@@ -49,6 +49,11 @@ def _class_rows(path: str, label: int, columns: list[str]) -> pl.DataFrame:
     return pl.scan_parquet(path).filter(pl.col("label") == label).select(columns).collect()
 
 
+def _facet_array(rows: pl.DataFrame, facet: str) -> np.ndarray:
+    """A facet column of patch_features rows as float32 (B, N·C), whichever dtype it is stored in (float16 or float32)."""
+    return rows[facet].to_numpy(writable=True).astype(np.float32, copy=False)
+
+
 PROMINENT_SCHEMA = pa.schema([("image_id", pa.string()), ("label", pa.int64()), ("mask", pa.list_(pa.bool_())),
                               ("n_foreground", pa.int32()), ("no_prominent_region", pa.bool_())])
 
@@ -66,7 +71,7 @@ def prominent_patches(context: AssetExecutionContext, config: ProminentConfig, s
     with store.writer("prominent_patches", schema, model=model, dataset=dataset) as w:
         for label in labels:
             rows = _class_rows(path, label, ["image_id", config.facet])
-            f = torch.from_numpy(rows[config.facet].to_numpy(writable=True)).view(len(rows), grid[0] * grid[1], width)
+            f = torch.from_numpy(_facet_array(rows, config.facet)).view(len(rows), grid[0] * grid[1], width)
             mask = spectral_foreground(f, method=config.method).numpy()
             mask = largest_components(mask.reshape(-1, *grid), config.min_second).reshape(len(rows), -1)
             n_fg = mask.sum(axis=1)
@@ -114,7 +119,7 @@ def concept_clusters(context: AssetExecutionContext, config: ConceptConfig, stor
         for label in labels:
             rows = _class_rows(path, label, ["image_id", facet]).join(
                 _class_rows(masks_path, label, ["image_id", "mask"]), on="image_id", maintain_order="left")
-            f = rows[facet].to_numpy().reshape(len(rows), -1, width)
+            f = _facet_array(rows, facet).reshape(len(rows), -1, width)
             mask = np.stack(rows["mask"].to_list()).astype(bool)
             img, patch = np.nonzero(mask)
             x = f[img, patch]  # (P, C) the class's foreground patches

@@ -30,6 +30,7 @@ from assets.mutual.concepts import patch_grid
 from assets.partitions import MODEL_CHECKPOINT, model_and_dataset, model_dataset
 from cliplab import plots
 from cliplab.errors import CliplabError
+from cliplab.mutual.concept_descriptors import describe_concepts
 from cliplab.mutual.information import (
     CONVENTIONS,
     auc,
@@ -37,14 +38,8 @@ from cliplab.mutual.information import (
     importance_order,
     mi_curve,
 )
-from cliplab.mutual.transport import assignment_entropy, select_descriptors_batch
-from cliplab.mutual.visual_prompts import (
-    PROMPTS,
-    concept_features,
-    concept_regions,
-    fit_ellipse,
-    visual_prompts,
-)
+from cliplab.mutual.transport import assignment_entropy
+from cliplab.mutual.visual_prompts import PROMPTS
 from resources.datasets import DatasetCatalog
 from resources.lance import LanceStore
 from resources.models import ModelZoo
@@ -67,6 +62,12 @@ def read_predictions(store: ArtifactStore, model: str, dataset: str) -> pl.DataF
     """image_id, label, pred (zero-shot top-1 class index), correct."""
     return (store.read("zero_shot_predictions", model=model, dataset=dataset)
             .select("image_id", "label", pl.col("top5_index").list.first().alias("pred"), "correct").collect())
+
+
+def stored_embeddings(store: ArtifactStore, model: str, dataset: str) -> dict[str, np.ndarray]:
+    """image_id → (d,) float32 unit image embedding, as patch_features stored it (the unprompted encoder pass)."""
+    df = store.read("patch_features", model=model, dataset=dataset).select("image_id", "embedding").collect()
+    return dict(zip(df["image_id"].to_list(), np.stack(df["embedding"].to_numpy()).astype(np.float32)))
 
 
 def concept_grids(store: ArtifactStore, model: str, dataset: str, n_patches: int) -> dict[str, dict[str, np.ndarray]]:
@@ -112,15 +113,19 @@ def dv_schema(d: int) -> pa.Schema:
                            "image·descriptor cosine; descriptor_index_no_ot: plain top-k of S (the ablation)"})
 
 
-@asset(code_version="1", partitions_def=model_dataset, deps=[MODEL_CHECKPOINT, AssetKey("concept_clusters"), AssetKey("descriptor_embeddings"),
-                                           AssetKey("zero_shot_predictions")],
+@asset(code_version="2", partitions_def=model_dataset, deps=[MODEL_CHECKPOINT, AssetKey("concept_clusters"), AssetKey("descriptor_embeddings"),
+                                           AssetKey("zero_shot_predictions"), AssetKey("patch_features")],
        group_name="mutual_knowledge", kinds={"parquet"}, pool="gpu")
 def visual_concept_descriptors(context: AssetExecutionContext, config: VisualConceptConfig, datasets: DatasetCatalog,
                                zoo: ModelZoo, store: ArtifactStore, lance: LanceStore) -> MaterializeResult:
-    """D_v: per image and concept (both branches) the visual-prompt embedding and its top-k descriptors by OT."""
+    """D_v: per image and concept (both branches) the visual-prompt embedding and its top-k descriptors by OT.
+
+    Encoder work: each image's unprompted embedding is the one patch_features stored (same model, same
+    preprocessing, same forward), and concepts with the same ellipse on the same image (`cliplab.mutual.concept_descriptors`)
+    are prompted and encoded once; the table is what encoding every image and every concept gives.
+    """
     import torch
     import torch.nn.functional as F
-    from torchvision.transforms.functional import gaussian_blur
 
     model, dataset = model_and_dataset(context)
     grid = patch_grid(store, model, dataset)
@@ -128,6 +133,7 @@ def visual_concept_descriptors(context: AssetExecutionContext, config: VisualCon
     grids = concept_grids(store, model, dataset, grid[0] * grid[1])
     bank = read_descriptor_bank(lance, model, dataset)
     preds = dict(zip(*read_predictions(store, model, dataset).select("image_id", "pred").to_dict(as_series=False).values()))
+    stored = stored_embeddings(store, model, dataset)
     view = partition_view(datasets, store, model, dataset)
     m = zoo.load(model)
     D_text = torch.from_numpy(bank["vector"].to_numpy().astype(np.float32)).to(m.device)  # (|D|, d)
@@ -146,42 +152,28 @@ def visual_concept_descriptors(context: AssetExecutionContext, config: VisualCon
     progress = Progress(context, len(view.manifest), f"visual concepts {model} × {dataset}")
     entropy = {(b, ot): [] for b in BRANCHES for ot in (True, False)}
     n_rows, no_region, drawn = 0, 0, []
+    passes = {"images": 0, "images from patch_features": 0, "concepts": 0, "concept prompts encoded": 0}
     schema = dv_schema(D_text.shape[1])
     with store.writer("visual_concept_descriptors", schema, model=model, dataset=dataset) as w:
         for rows, images in datasets.image_batches(view, m.preprocess, config.batch_size):
             ids = rows["image_id"].to_list()
             images = images.to(m.device, torch.float32)
-            B, _, H, W = images.shape
-            pixels = (images * std + mean).clamp(0, 1)
-            regions, counts = [], []
-            for branch in BRANCHES:
-                g = np.stack([grids[branch].get(i, np.full(grid[0] * grid[1], -1)) for i in ids])
-                regions.append(concept_regions(g, grid, L))  # (B, L, h, w)
-                counts.append((g[:, None, :] == np.arange(L)[None, :, None]).sum(-1))  # (B, L) patches per concept
-            # one encoder call per batch: the images themselves, then 3 prompts for every present concept of both branches
-            regions = torch.from_numpy(np.concatenate(regions, axis=1)).to(m.device)  # (B, 2L, h, w)
-            n_patch = np.concatenate(counts, axis=1)  # (B, 2L), read on the host by the row loop below
-            present = torch.from_numpy(n_patch > 0).to(m.device)
-            img_idx, slot = present.nonzero(as_tuple=True)
-            pixel_regions = F.interpolate(regions[img_idx, slot][:, None].float(), size=(H, W), mode="nearest")[:, 0] > 0.5
-            ellipses = fit_ellipse(pixel_regions)  # (K, 5)
-            blurred = gaussian_blur(pixels, [config.blur_kernel] * 2, [config.blur_sigma] * 2)
-            prompts = visual_prompts(pixels[img_idx], ellipses, blurred=blurred[img_idx])
+            B = images.shape[0]
             with torch.inference_mode():
-                image_emb = F.normalize(encode(images), dim=-1)  # (B, d)
-                feats = concept_features(lambda x: encode((x - mean) / std), prompts)  # (K, d)
-                image_sim = (image_emb @ D_text.T).double()  # (B, |D|)
-                concept_emb = torch.zeros(B, 2 * L, D_text.shape[1], device=m.device)
-                concept_emb[img_idx, slot] = feats
-                S = (concept_emb @ D_text.T).double()  # (B, 2L, |D|)
-            picks = {}
-            for j, branch in enumerate(BRANCHES):
-                part = slice(j * L, (j + 1) * L)
-                picks[branch] = {ot: select_descriptors_batch(S[:, part], present[:, part], image_sim, use_ot=ot, **sel).cpu().numpy()
-                                 for ot in (True, False)}
-            S, image_sim = S.cpu().numpy(), image_sim.cpu().numpy()
-            ell, emb = ellipses.cpu().numpy(), feats.cpu().numpy()
-            pair = {(int(b), int(s)): q for q, (b, s) in enumerate(zip(img_idx.tolist(), slot.tolist()))}
+                if all(i in stored for i in ids):
+                    image_emb = torch.from_numpy(np.stack([stored[i] for i in ids])).to(m.device)  # (B, d)
+                    passes["images from patch_features"] += B
+                else:
+                    image_emb = F.normalize(encode(images), dim=-1)  # (B, d)
+                    passes["images"] += B
+            g = [np.stack([grids[branch].get(i, np.full(grid[0] * grid[1], -1)) for i in ids]) for branch in BRANCHES]
+            cd = describe_concepts(encode, images, mean, std, g, grid, L, D_text, image_emb, sel,
+                                   config.blur_kernel, config.blur_sigma)
+            passes["concepts"] += len(cd.slot)
+            passes["concept prompts encoded"] += cd.prompts_encoded
+            S, image_sim, n_patch, ell, emb = cd.S, cd.image_sim, cd.n_patches, cd.ellipses, cd.features
+            picks = {branch: {ot: cd.picks[(j, ot)] for ot in (True, False)} for j, branch in enumerate(BRANCHES)}
+            pair = {(int(b), int(s)): q for q, (b, s) in enumerate(zip(cd.image.tolist(), cd.slot.tolist()))}
             out = {c: [] for c in schema.names}
             for b, image_id in enumerate(ids):
                 if not n_patch[b].any():
@@ -216,12 +208,15 @@ def visual_concept_descriptors(context: AssetExecutionContext, config: VisualCon
                 w.write_table(pa.table(out, schema=schema))
                 n_rows += n
             if len(drawn) < config.overlays:
+                pixels = (images * std + mean).clamp(0, 1)
                 drawn += [(image_id, pixels[b].permute(1, 2, 0).cpu().numpy()) for b, image_id in enumerate(ids)
                           if n_patch[b].any()][: config.overlays - len(drawn)]
             progress.update(len(ids))
     progress.close()
     meta = {"dagster/row_count": n_rows, "images": progress.done, "images with no prominent region": no_region,
             "images/s": round(progress.rate, 1), "L": L, "candidate top": top,
+            "encoder passes": MetadataValue.json(passes),
+            "encoder passes per image": round((passes["images"] + passes["concept prompts encoded"]) / max(progress.done, 1), 2),
             "options": MetadataValue.json(config.model_dump()),
             "prompts": MetadataValue.json(list(PROMPTS))}
     for (branch, ot), values in entropy.items():

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from cliplab.errors import CliplabError
-from cliplab.heads.textspan import REFERENCE_RANK, RankOption, _gram_eigh, span_basis, text_span_heads
+from cliplab.heads.textspan import RankOption, _gram_eigh, span_basis, text_span_heads
 
 
 def zero_shot_top1(embeddings: torch.Tensor, weights: torch.Tensor, labels: torch.Tensor) -> float:
@@ -91,7 +91,7 @@ def replacement_curves(
     weights: torch.Tensor,
     labels: torch.Tensor,
     ks: Sequence[int] = (1, 2, 5, 10, 20),
-    r: RankOption = REFERENCE_RANK,
+    r: RankOption = "numerical",
     head_dim: int | None = None,
 ) -> dict[str, ReplacementCurve]:
     """Replacement accuracy per k (module docstring) for each text bank: {bank: curve}.

@@ -4,7 +4,7 @@ C ∈ R^{n×d} holds one head's token-summed contributions over n images, T ∈ 
 embeddings of a description bank. Steps (reference ``replace_with_iterative_removal``):
 
 1. V_r = top-r right singular vectors of the *uncentred* C (computed as eigenvectors of CᵀC); r is
-   fixed (80, the reference [default]; "head_dim+3") or, with r = "numerical", the head's numerical
+   fixed (80, the reference; "head_dim+3") or, with r = "numerical" [default], the head's numerical
    rank (``numerical_ranks``), so span(V_r) holds no rounding-noise direction.
 2. T ← T V_rᵀ V_r (texts projected onto span(V_r), not re-normalised).
 3. μ_C = mean row of C; C ← C − μ_C; reconstruction R = μ_C for every row.
@@ -51,13 +51,13 @@ def text_span(
     C: torch.Tensor,
     T: torch.Tensor,
     k: int = 20,
-    r: RankOption = REFERENCE_RANK,
+    r: RankOption = "numerical",
     head_dim: int | None = None,
 ) -> TextSpanResult:
     """TextSpan of one head: C (n, d) contributions, T (M, d) unit text embeddings.
 
-    r: rank kept in step 1: 80 = REFERENCE_RANK (the reference) [default], "numerical" (the head's
-        numerical rank, ``numerical_ranks``), "head_dim+3" (a head's output has rank ≤ head_dim + 3,
+    r: rank kept in step 1: "numerical" (the head's numerical rank, ``numerical_ranks``) [default],
+        80 = REFERENCE_RANK (the reference), "head_dim+3" (a head's output has rank ≤ head_dim + 3,
         needs ``head_dim``) or any positive int. When r exceeds the head's rank (80 > 67 for 64-dim
         heads) the extra directions of V_r are rounding noise, and picks after the first can change
         with it (float16 storage of C does change them); "numerical" and "head_dim+3" do not have that
@@ -71,7 +71,7 @@ def text_span_heads(
     C: torch.Tensor,
     T: torch.Tensor,
     k: int = 20,
-    r: RankOption = REFERENCE_RANK,
+    r: RankOption = "numerical",
     head_dim: int | None = None,
 ) -> TextSpanResult:
     """TextSpan of Hh independent heads at once: C (Hh, n, d), T (M, d) shared by all heads.

@@ -229,7 +229,7 @@ def family_energy(root: Path, n_images: int, seed: int) -> dict:
     _, C = an.index.vectors(pairs)
     bank = an.index.texts("toyworld_phrases")
     T = torch.tensor(np.stack(bank["vector"].to_numpy()))
-    spans = text_span_heads(torch.tensor(C).permute(1, 0, 2), T, k=5).indices.numpy()
+    spans = text_span_heads(torch.tensor(C).permute(1, 0, 2), T, k=5, r=80).indices.numpy()  # r = 80: as measured in the README
     families = bank["family"].to_list()
 
     catalog = DatasetCatalog(artifacts_root=str(root))

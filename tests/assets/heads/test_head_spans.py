@@ -76,15 +76,20 @@ def test_head_spans_table_is_textspan_of_the_stored_contributions(spans_root):
     C = torch.from_numpy(np.stack(rows["vector"].to_numpy())).reshape(N_HEADS, N_IMAGES, -1)
     bank = pl.from_arrow(db.open_table("text_bank_embeddings").to_arrow()).filter(
         pl.col("bank") == "toyworld_phrases").sort("text_index")
-    fresh = text_span_heads(C, torch.from_numpy(np.stack(bank["vector"].to_numpy())), k=K, r=80)
+    # the default r = "numerical": each head's numerical rank, capped at head_dim + 3 = 35, recorded in rank_r
+    fresh = text_span_heads(C, torch.from_numpy(np.stack(bank["vector"].to_numpy())), k=K, r="numerical",
+                            head_dim=128 // N_HEADS)
     stored = spans.filter((pl.col("bank") == "toyworld_phrases") & (pl.col("layer") == 3)).sort("head", "rank")
     assert stored["text_index"].to_list() == fresh.indices.flatten().tolist()
+    assert stored["rank_r"].to_list() == fresh.ranks.repeat_interleave(K).tolist()
     np.testing.assert_allclose(stored["score"].to_numpy(), fresh.scores.flatten().numpy(), rtol=1e-5)
     assert stored["text"].to_list() == bank["text"].gather(fresh.indices.flatten().tolist()).to_list()
 
     meta = result.asset_materializations_for_node("head_spans")[0].metadata
     assert meta["layers spanned"].value == SPANNED and meta["layers mean-ablated"].value == [0, 1]
-    assert meta["r"].value == "reference" and meta["r used"].value == "80" and meta["k"].value == K
+    lo, hi = stored["rank_r"].min(), spans["rank_r"].max()
+    assert meta["r"].value == "numerical" and meta["r used"].value.startswith("numerical (") and meta["k"].value == K
+    assert K <= lo and hi <= 128 // N_HEADS + 3
     assert Path(meta["replacement curve (file)"].value).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -168,22 +173,22 @@ def test_bad_options_fail_with_a_clear_message(spans_root):
 
 
 def test_numerical_rank_is_recorded_per_head(spans_root, tmp_path):
-    """r = "numerical": each head's rank of span(V_r) in `rank_r` (≤ its head_dim + 3 and ≥ k), picks equal to TextSpan
-    at that rank from the stored contributions; the default (reference) records 80 for every head."""
+    """r = "numerical" (the default): each head's rank of span(V_r) in `rank_r` (≤ its head_dim + 3 and ≥ k);
+    r = "reference" (the named reference option) records 80 for every head."""
     from assets.heads import spans as hs
 
     root, instance, _, _ = spans_root
-    reference = pl.read_parquet(root / "head_spans" / PART)
-    assert reference["rank_r"].unique().to_list() == [80]
+    default = pl.read_parquet(root / "head_spans" / PART)
+    per_head = default.group_by("bank", "layer", "head").agg(pl.col("rank_r").n_unique().alias("n"), pl.col("rank_r").first())
+    assert (per_head["n"] == 1).all() and per_head["rank_r"].is_between(K, 128 // N_HEADS + 3).all()
     copy = tmp_path / "artifacts"
     shutil.copytree(root, copy)
-    res = _run(copy, instance, [hs.head_spans], {"ops": {"head_spans": {"config": {"r": "numerical", "k": 5, "ks": [1, 5]}}}})
+    res = _run(copy, instance, [hs.head_spans], {"ops": {"head_spans": {"config": {"r": "reference", "k": 5, "ks": [1, 5]}}}})
     assert res.success
-    spans = pl.read_parquet(copy / "head_spans" / PART)
-    per_head = spans.group_by("bank", "layer", "head").agg(pl.col("rank_r").n_unique().alias("n"), pl.col("rank_r").first())
-    assert (per_head["n"] == 1).all() and per_head["rank_r"].is_between(5, 128 // N_HEADS + 3).all()
+    reference = pl.read_parquet(copy / "head_spans" / PART)
+    assert reference["rank_r"].unique().to_list() == [80]
     meta = res.asset_materializations_for_node("head_spans")[0].metadata
-    assert meta["r used"].value.startswith("numerical (")
+    assert meta["r"].value == "reference" and meta["r used"].value == "80"
 
 
 @pytest.mark.slow

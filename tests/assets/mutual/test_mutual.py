@@ -53,6 +53,56 @@ def test_visual_concept_descriptors_recomputed_from_inputs(quick_root):
         assert 0 <= cx < 64 and 0 <= cy < 64 and a >= b > 0
 
 
+def test_concept_embeddings_equal_encoding_every_concept_alone(quick_root):
+    """visual_concept_descriptors prompts and encodes each distinct (image, ellipse) once and takes the image
+    embedding from patch_features: encoding every concept's prompts on their own, as the reference does, gives
+    the stored ellipses and embeddings (to float tolerance); the partition really has shared ellipses."""
+    import pyarrow.parquet as pq
+    import torch
+    import torch.nn.functional as F
+    from torchvision.transforms.functional import gaussian_blur
+
+    from assets.data import partition_view
+    from assets.mutual.concepts import patch_grid
+    from cliplab.mutual.visual_prompts import concept_features, concept_regions, fit_ellipse, visual_prompts
+
+    root, _, _ = quick_root
+    res = resources_from_env(str(root))
+    datasets, zoo, store = res["datasets"], res["zoo"], res["store"]
+    dv = _read(root, "visual_concept_descriptors")
+    shared = dv.select("image_id", pl.col("ellipse").cast(pl.List(pl.Float32))).unique()
+    assert len(shared) < len(dv)  # some PCA and k-means concepts share an ellipse: encoded once
+    grid = patch_grid(store, **KEY)
+    L = int(pq.read_schema(store.table_path("concept_clusters", **KEY)).metadata[b"L"])
+    grids = mutual.concept_grids(store, KEY["model"], KEY["dataset"], grid[0] * grid[1])
+    m = zoo.load(KEY["model"])
+    mean = torch.tensor(m.mean)[None, :, None, None]
+    std = torch.tensor(m.std)[None, :, None, None]
+    rows, images = next(iter(datasets.image_batches(partition_view(datasets, store, **KEY), m.preprocess, 12)))
+    pixels = (images * std + mean).clamp(0, 1)
+    blurred = gaussian_blur(pixels, [11, 11], [2.0, 2.0])
+    checked = 0
+    for b, image_id in enumerate(rows["image_id"].to_list()):
+        for branch in mutual.BRANCHES:
+            if image_id not in grids[branch]:
+                continue
+            regions = concept_regions(grids[branch][image_id][None], grid, L)[0]
+            for c in range(L):
+                stored = dv.filter((pl.col("image_id") == image_id) & (pl.col("branch") == branch) & (pl.col("concept") == c))
+                if not regions[c].any():
+                    assert stored.is_empty()
+                    continue
+                region = F.interpolate(torch.from_numpy(regions[c])[None, None].float(), size=pixels.shape[-2:], mode="nearest")[0] > 0.5
+                ellipse = fit_ellipse(region)
+                with torch.inference_mode():
+                    feat = concept_features(lambda x: m.model.encode_image((x - mean) / std).float(),
+                                            visual_prompts(pixels[b: b + 1], ellipse, blurred=blurred[b: b + 1]))[0]
+                np.testing.assert_array_equal(stored["ellipse"][0].to_numpy(), ellipse[0].numpy())
+                np.testing.assert_allclose(stored["embedding"][0].to_numpy(), feat.numpy(), atol=1e-5)
+                checked += 1
+    assert checked >= 20
+
+
 def test_images_without_prominent_region_are_skipped_not_crashed(quick_root):
     root, _, _ = quick_root
     masks = _read(root, "prominent_patches")
