@@ -33,6 +33,12 @@ def _width(schema: pa.Schema) -> int | None:
     return kind.list_size if pa.types.is_fixed_size_list(kind) else None
 
 
+def _require_columns(table: str, schema: pa.Schema, key: str) -> None:
+    for col in ("model", "dataset", key):
+        if col not in schema.names:
+            raise CliplabError(f"LanceDB table {table!r}: rows lack column {col!r}")
+
+
 def _variant_names(db, table: str) -> list[str]:
     """The names of logical `table`'s physical tables (one per vector width)."""
     return [n for n in db.list_tables().tables if n == table or n.startswith(f"{table}__d")]
@@ -70,20 +76,24 @@ class LanceStore(ConfigurableResource):
         """Make `table`'s rows for (model, dataset) exactly `data` (which must carry `model`, `dataset` and `key`).
         Safe with other processes writing other partitions of the same table, even while they create it."""
         validate_key(model, "model key"), validate_key(dataset, "dataset key")
-        for col in ("model", "dataset", key):
-            if col not in data.column_names:
-                raise CliplabError(f"LanceDB table {table!r}: rows lack column {col!r}")
+        _require_columns(table, data.schema, key)
+        self._commit(table, data.schema, lambda: data, model, dataset, key)
+        return len(data)
+
+    def _commit(self, table: str, schema: pa.Schema, source, model: str, dataset: str, key: str) -> None:
+        """The one commit of a partition: `source()` (called again for each retried attempt) gives its rows; a
+        `merge_insert` … `when_not_matched_by_source_delete` scoped to the partition, then the partition's rows of
+        another width (new weights, new architecture) deleted and the table tidied."""
         db = self.connect()
-        target = self._create_or_open(db, table, data.schema)
+        target = self._create_or_open(db, table, schema)
         scope = f"model = {_sql_str(model)} AND dataset = {_sql_str(dataset)}"
         _retried(lambda: target.merge_insert(["model", "dataset", key]).when_matched_update_all()
-                 .when_not_matched_insert_all().when_not_matched_by_source_delete(scope).execute(data),
+                 .when_not_matched_insert_all().when_not_matched_by_source_delete(scope).execute(source()),
                  f"LanceDB table {target.name!r}: writing model={model}, dataset={dataset}")
-        for other in _variant_names(db, table):  # the partition's rows of another width (new weights, new architecture)
+        for other in _variant_names(db, table):
             if other != target.name:
                 _retried(lambda other=other: db.open_table(other).delete(scope), f"LanceDB table {other!r}: deleting {scope}")
         self._tidy(target)
-        return len(data)
 
     def replace_partition_stream(self, table: str, batches, model: str, dataset: str, key: str,
                                  schema: pa.Schema | None = None, spool_dir: str | None = None) -> int:
@@ -102,9 +112,7 @@ class LanceStore(ConfigurableResource):
             path, n, spool = str(Path(tmp) / "rows.arrows"), 0, None
 
             def open_spool(schema: pa.Schema):
-                for col in ("model", "dataset", key):
-                    if col not in schema.names:
-                        raise CliplabError(f"LanceDB table {table!r}: rows lack column {col!r}")
+                _require_columns(table, schema, key)
                 sink = pa.OSFile(path, "wb")
                 return sink, pa.ipc.new_stream(sink, schema)
 
@@ -130,21 +138,9 @@ class LanceStore(ConfigurableResource):
             if spool is None:
                 raise CliplabError(f"LanceDB table {table!r}: no rows and no schema given for model={model}, "
                                    f"dataset={dataset}")
-            db = self.connect()
-            target = self._create_or_open(db, table, schema)
-            scope = f"model = {_sql_str(model)} AND dataset = {_sql_str(dataset)}"
-
-            def commit():
-                with pa.OSFile(path, "rb") as source:  # a fresh reader per attempt: the file is replayed, not held
-                    return (target.merge_insert(["model", "dataset", key]).when_matched_update_all()
-                            .when_not_matched_insert_all().when_not_matched_by_source_delete(scope)
-                            .execute(pa.ipc.open_stream(source)))
-
-            _retried(commit, f"LanceDB table {target.name!r}: writing model={model}, dataset={dataset}")
-        for other in _variant_names(db, table):  # as replace_partition: the partition's rows of another width go
-            if other != target.name:
-                _retried(lambda other=other: db.open_table(other).delete(scope), f"LanceDB table {other!r}: deleting {scope}")
-        self._tidy(target)
+            with contextlib.ExitStack() as readers:  # a fresh reader per attempt: the file is replayed, not held
+                self._commit(table, schema, lambda: pa.ipc.open_stream(readers.enter_context(pa.OSFile(path, "rb"))),
+                             model, dataset, key)
         return n
 
     def _create_or_open(self, db, table: str, schema: pa.Schema):

@@ -428,9 +428,7 @@ class ModelZoo(ConfigurableResource):
         except CliplabError:
             if self.watch_dir and key in (watched := watched_models(self.watch_dir))[0]:
                 return watched[0][key]
-            if is_remote(self.artifacts_root) and self.has_checkpoint(key):
-                return ModelSpec(key, "local-dir", path=str(self.checkpoint_dir(key)))
-            if (self.checkpoint_dir(key) / CONFIG_FILE).is_file():
+            if self.has_checkpoint(key):  # on an object-store root, fetched into the local cache first
                 return ModelSpec(key, "local-dir", path=str(self.checkpoint_dir(key)))
             raise
 
