@@ -33,6 +33,13 @@ that quantity is.
    cliplab's batched asset computation (`cliplab_chain`). One-concept images are not compared (the reference's
    plan is flat there and picks the first candidates; cliplab ranks by S, see `select_descriptors`).
 
+7. Head decomposition, random-init ViT-B/16 at 224 px (N = 197 tokens), batch 2 (1 with --quick), the last 4
+   layers' 48 heads,
+   token-summed: the reference materialises every (query, source, head) cell of a layer, [B, N, N, H, width],
+   through out_proj (b_O / (N·H) per cell), keeps the CLS query and sums the sources; cliplab's
+   `decompose_image` computes the CLS query row only. Both linearise ln_post the same way (compared: the parts
+   and Σ parts = e/‖e‖).
+
 Synthetic data: timing does not depend on the values, and equality is checked on them. The machine may
 be shared: numbers are noisy; the ratio is what matters.
 """
@@ -404,6 +411,70 @@ def bench_chain(repeats, B):
              f"encoder passes/image {ref_passes:.1f} → {passes:.1f}")]
 
 
+# ---------------------------------------------------------------- 7. head decomposition
+def reference_decomposition(model, images, last=4):
+    """Every (query n, source m, head h) cell of each of the `last` layers through out_proj, [B, N, N, H, width],
+    then the CLS query and Σ_m; the rest of the stream as cliplab keeps it (parts: ln_pre, MLPs, other layers).
+    Returns (heads (B, last, H, d), embedding (B, d), total of every part (B, d))."""
+    visual = model.visual
+    blocks = visual.transformer.resblocks
+    L = len(blocks)
+    share = 1.0 / (2 * L + 1)
+    with torch.inference_mode():
+        x = visual._embeds(images)
+        parts, cells = [x[:, 0]], []
+        for index, block in enumerate(blocks):
+            h = block.ln_1(x)
+            attn = block.attn
+            B, N, width = h.shape
+            H = attn.num_heads
+            e = width // H
+            qkv = F.linear(h, attn.in_proj_weight, attn.in_proj_bias).view(B, N, 3, H, e)
+            q, k, v = qkv.unbind(2)
+            probs = torch.softmax(torch.einsum("bnhe,bmhe->bhnm", q, k) * e ** -0.5, -1)
+            out = attn.out_proj(torch.einsum("bhnm,bmhe->bnhe", probs, v).reshape(B, N, width))
+            if index >= L - last:
+                every = torch.einsum("bhnm,bmhe->bnmhe", probs, v)  # every query's every source cell, per head
+                w_o = attn.out_proj.weight.view(width, H, e)
+                full = torch.einsum("bnmhe,whe->bnmhw", every, w_o) + attn.out_proj.bias / (N * H)
+                cells.append(full[:, 0].sum(1))  # CLS query, Σ over sources: (B, H, width)
+            else:
+                parts.append(out[:, 0])
+            x = x + out
+            mlp = block.mlp(block.ln_2(x))
+            parts.append(mlp[:, 0])
+            x = x + mlp
+        r = x[:, 0]
+        emb = visual.ln_post(r) @ visual.proj
+        norm = emb.norm(dim=-1)
+        mu, sigma = r.mean(-1), torch.sqrt(r.var(-1, unbiased=False) + visual.ln_post.eps)
+        gamma, beta = visual.ln_post.weight, visual.ln_post.bias
+
+        def linear(c, s):
+            view = (-1,) + (1,) * (c.dim() - 1)
+            return ((gamma * (c - s * mu.view(view)) / sigma.view(view)) + s * beta) @ visual.proj / norm.view(view)
+
+        heads = linear(torch.stack(cells, 1), share / blocks[0].attn.num_heads)
+        total = sum(linear(p, share) for p in parts) + heads.sum((1, 2))
+        return heads, emb / norm[:, None], total
+
+
+def bench_decomposition(repeats, batch=2, arch="ViT-B-16"):
+    import open_clip
+
+    from cliplab.heads.decomposition import decompose_image
+
+    torch.manual_seed(7)
+    model = open_clip.create_model(arch, pretrained=None).eval()
+    images = torch.randn(batch, 3, 224, 224)
+    t_ref, (ref_heads, ref_emb, ref_total) = timed(lambda: reference_decomposition(model, images), repeats)
+    t_ours, ours = timed(lambda: decompose_image(model, images), repeats)
+    delta = float((ref_heads - ours.heads).abs().max())
+    sums = max(float((ref_total - ref_emb).abs().max()), float((ours.total() - ours.embedding).abs().max()))
+    return [(f"head decomposition, {arch} 224 px, {batch} images, 48 heads", t_ref, t_ours, delta,
+             f"head parts; max |Σ parts − e| {sums:.1g} (both)")]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smaller TextSpan and chain, fewer repeats (1–2 minutes)")
@@ -422,6 +493,7 @@ def main() -> None:
     rows += bench_sinkhorn(repeats)
     rows += bench_mi(repeats)
     rows += bench_concepts(repeats)
+    rows += bench_decomposition(repeats, batch=1 if args.quick else 2)
     if args.quick:
         rows += bench_textspan(repeats, 1, n=1000, k=5)
         rows += bench_chain(repeats, B=16)

@@ -16,6 +16,7 @@ from assets.heads import spans as head_spans
 from assets.mutual import concepts, descriptors, evaluations
 from assets.mutual import knowledge as mutual
 from assets.toy import world as toy
+from cliplab.errors import CliplabError
 from pipelines.deploy import executor_from_env
 from pipelines.jobs import JOBS
 from pipelines.schedules import backfill_schedule
@@ -29,6 +30,14 @@ from resources.reference_data import ReferenceData
 from resources.store import ArtifactStore
 
 
+def torch_threads() -> int:
+    """CLIPLAB_TORCH_THREADS: a whole number ≥ 0 (0 or unset: decided per run, resources.threads)."""
+    value = os.environ.get("CLIPLAB_TORCH_THREADS", "0").strip() or "0"
+    if not value.isdigit():
+        raise CliplabError(f"CLIPLAB_TORCH_THREADS must be a whole number ≥ 0 (0: decided per run), got {value!r}")
+    return int(value)
+
+
 def resources_from_env(root: str | None = None, registry: str | None = None) -> dict:
     """Resources configured from CLIPLAB_ARTIFACTS (root folder or URI), CLIPLAB_REGISTRY, CLIPLAB_DEVICE, CLIPLAB_RESIZE_MODE,
     CLIPLAB_REFERENCE_DIR (a folder laid out like shared/data holding the published reference files)."""
@@ -39,7 +48,8 @@ def resources_from_env(root: str | None = None, registry: str | None = None) -> 
         "lance": LanceStore(uri=f"{root.rstrip('/')}/lancedb"),
         "zoo": ModelZoo(registry=registry, artifacts_root=root, device=os.environ.get("CLIPLAB_DEVICE", "auto"),
                         resize_mode=os.environ.get("CLIPLAB_RESIZE_MODE", "shortest"),
-                        watch_dir=os.environ.get("CLIPLAB_CHECKPOINT_DIR", "")),
+                        watch_dir=os.environ.get("CLIPLAB_CHECKPOINT_DIR", ""),
+                        torch_threads=torch_threads()),
         "datasets": DatasetCatalog(registry=registry, artifacts_root=root,
                                    num_workers=int(os.environ.get("CLIPLAB_LOADER_WORKERS", "0"))),
         "reference": ReferenceData(cache_dir=str(cache_folder(root) / "reference") if is_remote(root) else f"{root.rstrip('/')}/reference",

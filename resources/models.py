@@ -340,6 +340,22 @@ class ModelZoo(ConfigurableResource):
     resize_mode: str = "shortest"
     # a folder watched for dropped-in checkpoints (CLIPLAB_CHECKPOINT_DIR): each becomes a model (watched_models)
     watch_dir: str = ""
+    # torch CPU threads per run (CLIPLAB_TORCH_THREADS); 0: cores / max_concurrent_runs for queued runs
+    # (resources.threads), the process's default otherwise
+    torch_threads: int = 0
+
+    def setup_for_execution(self, context) -> None:
+        from resources.threads import available_cores, limit_cpu_threads, queue_limit, threads_per_run
+
+        run = context.dagster_run
+        launched = run is not None and run.remote_job_origin is not None
+        threads = threads_per_run(self.torch_threads, launched, queue_limit(context.instance) if launched else None,
+                                  available_cores())
+        if threads is not None:
+            limit_cpu_threads(threads)
+            if context.log is not None:
+                context.log.info(f"torch CPU threads for this run: {threads} "
+                                 f"({'CLIPLAB_TORCH_THREADS' if self.torch_threads else 'cores / max_concurrent_runs'})")
 
     def checkpoint_dir(self, key: str) -> Path:
         """The local folder of `key`'s checkpoint: `<artifacts>/checkpoints/<key>`, or, when the artifact root is on an

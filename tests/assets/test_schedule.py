@@ -3,6 +3,8 @@
 import shutil
 
 from dagster import AssetMaterialization, DagsterRunStatus, build_schedule_context, instance_for_test
+from dagster._core.remote_origin import InProcessCodeLocationOrigin, RemoteJobOrigin, RemoteRepositoryOrigin
+from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 
 from assets.partitions import partition_key
 from pipelines.definitions import defs, resources_from_env
@@ -34,6 +36,16 @@ def _check(quick_root, root, res, instance):
     with build_schedule_context(instance=instance, resources=res, repository_def=defs.get_repository_def()) as ctx:
         data = backfill_schedule.evaluate_tick(ctx)
     assert [r.partition_key for r in data.run_requests] == [key]
+
+    # a run of the pair waiting in the queue (or starting, or running): not requested again on the next tick
+    location = InProcessCodeLocationOrigin(LoadableTargetOrigin(module_name="pipelines.definitions"))
+    origin = RemoteJobOrigin(RemoteRepositoryOrigin(location, "__repository__"), "main")  # a queued run names its code
+    for status in (DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTED):
+        waiting = instance.create_run_for_job(job_def=defs.resolve_job_def("main"), status=status,
+                                              remote_job_origin=origin, tags={"dagster/partition": str(key)})
+        held, skipped = backfill_requests(instance, graph, res["zoo"])
+        assert not held and skipped == [f"{key}: a run is already queued or running"], (status, skipped)
+        instance.delete_run(waiting.run_id)
 
     # one failed attempt: held back for RETRY_BASE_SECONDS, then requested again
     run = instance.create_run_for_job(job_def=defs.resolve_job_def("main"), tags={"dagster/partition": str(key)})
