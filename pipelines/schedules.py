@@ -18,6 +18,7 @@ from dagster import (
     SkipReason,
     schedule,
 )
+from dagster._core.storage.dagster_run import NOT_FINISHED_STATUSES
 
 from assets.partitions import dataset_partitions, model_partitions, partition_key
 from pipelines.jobs import main_job
@@ -27,10 +28,6 @@ from resources.models import ModelZoo
 BACKFILL_CRON = os.environ.get("CLIPLAB_BACKFILL_CRON", "0 3 * * *")
 RETRY_BASE_SECONDS = 15 * 60  # a failed partition waits 15 min, then 30, 60, ... before the next attempt
 MAX_ATTEMPTS = 5
-# Not yet finished: Dagster's IN_PROGRESS_RUN_STATUSES leaves out QUEUED and NOT_STARTED, and a pair whose run waits
-# in the queue (2 runs at a time) would be requested again on every tick.
-UNFINISHED = [DagsterRunStatus.NOT_STARTED, DagsterRunStatus.QUEUED, DagsterRunStatus.STARTING,
-              DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING]
 
 
 def failures_since_success(instance, key: str) -> tuple[int, float]:
@@ -57,7 +54,9 @@ def backfill_requests(instance, graph, zoo: ModelZoo, now: float | None = None) 
     requests, skipped = [], []
     for (model, dataset), states in sorted(pending.items()):
         key = partition_key(model, dataset)
-        if instance.get_run_records(RunsFilter(tags={"dagster/partition": str(key)}, statuses=UNFINISHED),
+        # queued ones too (Dagster's IN_PROGRESS_RUN_STATUSES leaves them out): otherwise a pair waiting for a run slot
+        # would be requested again on every tick
+        if instance.get_run_records(RunsFilter(tags={"dagster/partition": str(key)}, statuses=NOT_FINISHED_STATUSES),
                                     limit=1):
             skipped.append(f"{dataset}|{model}: a run is already queued or running")
             continue

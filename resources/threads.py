@@ -1,10 +1,11 @@
 """CPU threads for a run's torch and BLAS work when the instance runs several runs at once.
 
-Every run process would take one torch thread and one BLAS thread per core. With `max_concurrent_runs: 2` (dagster.yaml) on a 2-core
-machine that is 4 spinning OpenMP threads on 2 cores: measured with `benchmarks/backfill_schedule.py`, two toy
-`main` runs side by side took 442 s and 455 s where one alone took 70 s (166 s and 176 s with the share). A run launched through the run queue
-(UI, schedule, sensors) therefore gets cores / max_concurrent_runs threads; `cliplab run` and other in-process
-executions keep the process's default. CLIPLAB_TORCH_THREADS (> 0) sets the number for every run.
+Every run process would take one torch thread and one BLAS thread per core. With `max_concurrent_runs: 2`
+(dagster.yaml) on a 2-core machine that is 4 spinning OpenMP threads on 2 cores: measured with
+`benchmarks/backfill_schedule.py`, two toy `main` runs side by side took 442 s and 455 s where one alone took 70 s
+(166 s and 176 s with the share). A run launched through the run queue (UI, schedule, sensors) therefore gets
+cores / max_concurrent_runs threads; `cliplab run` and other in-process executions keep the process's default.
+CLIPLAB_TORCH_THREADS (> 0) sets the number for every run.
 """
 
 from __future__ import annotations
