@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Quick start 2/2: set up, then run the whole test suite (slow tests included; -m "not slow" for the fast ones).
+# Quick start 2/2: set up, then run the test suite on 2 pytest-xdist workers (a test file per worker at a time), slow
+# tests included, the acceptance tier left out: `bash scripts/test.sh -m acceptance -n 0` runs that tier (the tests
+# of the default toy CLIP, which they train first); -m "not slow" runs the fast tests only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export HF_HUB_OFFLINE=1
-exec .venv/bin/python -m pytest "$@"
+exec .venv/bin/python -m pytest -n 2 --dist loadfile -m "not acceptance" "$@"

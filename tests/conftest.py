@@ -3,7 +3,7 @@
 `quick_root`: the whole default graph with a toy CLIP trained for a few steps on a small toyworld
 (plumbing: files, schemas, partitions). `trained_root` (slow): the default configuration, i.e. what
 `cliplab run` does on a fresh machine (with APGD and ROAR on smaller subsets: EVALUATION_IN_TESTS); the
-acceptance tests read it.
+acceptance tests read it, and every test that does is in the `acceptance` tier (marked here, at collection).
 """
 
 from __future__ import annotations
@@ -17,6 +17,24 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
+
+
+def pytest_configure(config):
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:  # a worker of `pytest -n N`: N workers each with every core's threads would oversubscribe the CPU
+        from resources.threads import available_cores, limit_cpu_threads
+
+        limit_cpu_threads(max(1, available_cores() // int(workers)))
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects
+def pytest_collection_modifyitems(config, items):
+    # The default toy CLIP trains for 1,600 steps (≈ 9 min of two cores here) and its AFT acceptance fine-tunes it
+    # twice: the tests of that model are a tier of their own (`-m acceptance`), slow by definition.
+    for item in items:
+        if "trained_root" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.acceptance)
+            item.add_marker(pytest.mark.slow)
 
 
 def run_main(root: Path, steps: int | None = None, n_train: int | None = None, n_val: int | None = None, instance=None,
@@ -43,12 +61,15 @@ def run_main(root: Path, steps: int | None = None, n_train: int | None = None, n
 # reads from it (the AFT acceptance test runs its own evaluation): APGD (≈ 3.6 s per toyworld image) and ROAR on
 # smaller subsets than toyworld's defaults (64 images; 1,000 / 500).
 EVALUATION_IN_TESTS = {"zero_shot_robustness": {"images": 16}, "roar": {"train_images": 300, "test_images": 150}}
+# The quick roots' plumbing runs every asset too, with APGD on 4 images and ROAR on 60 / 30 (toyworld's defaults, 64
+# and 1,000 / 500, were 60 of quick_root's 91 s): the evaluation assets' numbers are tested on their own roots.
+QUICK_EVALUATION = {"zero_shot_robustness": {"images": 4}, "roar": {"train_images": 60, "test_images": 30}}
 
 
 @pytest.fixture(scope="session")
 def quick_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("quick") / "artifacts"
-    result, instance, _ = run_main(root, steps=4, n_train=240, n_val=96)
+    result, instance, _ = run_main(root, steps=4, n_train=240, n_val=96, analysis_config=QUICK_EVALUATION)
     assert result.success
     return root, instance, result
 
@@ -67,10 +88,19 @@ def toy_root(quick_root, tmp_path):
 
 @pytest.fixture(scope="session")
 def trained_root(tmp_path_factory):
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # each worker would train its own copy, on its share of the cores
+        pytest.fail("the acceptance tier trains the default toy CLIP once, in one process: run it with -n 0 "
+                    "(bash scripts/test.sh -m acceptance -n 0)", pytrace=False)
     root = tmp_path_factory.mktemp("trained") / "artifacts"
     result, instance, seconds = run_main(root, analysis_config=EVALUATION_IN_TESTS)
     assert result.success
     return root, instance, result, seconds
+
+
+@pytest.fixture
+def quick_evaluation() -> dict:
+    """QUICK_EVALUATION, as `analysis_config` for a test's own `main` run on the quick toyworld."""
+    return QUICK_EVALUATION
 
 
 def _assert_figure(meta: dict, title: str) -> bytes:

@@ -291,11 +291,10 @@ def test_resnet_models_have_no_head_panels(quick_root, tmp_path):
 
 # ---- a real browser (slow) ------------------------------------------------------------------------------------------
 AFT = "toy-vit.s0.aft-e4-short"
-SMALL_EVALUATION = {"zero_shot_robustness": {"images": 4}, "roar": {"train_images": 60, "test_images": 30}}
 
 
 @pytest.mark.slow
-def test_explorer_in_chromium(quick_root, tmp_path):
+def test_explorer_in_chromium(quick_root, quick_evaluation, tmp_path):
     """Debian's chromium through Playwright: pick the toy model and an image, see the concept overlay and a topic
     segmentation heat map, upload a PNG and see its panels, upload a text file and see the error, switch to a second
     model partition (the toy CLIP's AFT fine-tune, 2 steps) and compare the two side by side. With
@@ -317,7 +316,7 @@ def test_explorer_in_chromium(quick_root, tmp_path):
     shutil.copytree(quick_root[0], root)
     os.environ.setdefault("CLIPLAB_REFERENCE_DIR", str(Path(__file__).resolve().parents[3] / "shared" / "data"))
     outcome = materialise(DagsterInstance.ephemeral(), AFT, D, resources_from_env(str(root)), steps={AFT: 2},
-                          analysis_config=SMALL_EVALUATION)
+                          analysis_config=quick_evaluation)
     assert outcome.failure() is None
     from PIL import Image
 

@@ -47,13 +47,13 @@ def failure_message(outcome) -> str:
     return root_cause(failure.step_failure_data.error)
 
 
-def test_aft_checkpoint_then_every_analysis_of_the_main_job(root, tmp_path, assert_figure):
+def test_aft_checkpoint_then_every_analysis_of_the_main_job(root, tmp_path, assert_figure, quick_evaluation):
     """An AFT partition trains from its base's checkpoint, saves a loadable open_clip folder with the base's text
     tower, and every analysis of the main job completes for it."""
     reg = registry(tmp_path, AFT)
     res = resources_from_env(str(root), reg)
     instance = DagsterInstance.ephemeral()
-    outcome = materialise(instance, "toy-vit.s0.aft-t", "toyworld", res)
+    outcome = materialise(instance, "toy-vit.s0.aft-t", "toyworld", res, analysis_config=quick_evaluation)
     assert outcome.success, failure_message(outcome)
     assert len(outcome.results) == 2  # the base's checkpoint is reused: one checkpoint run, then `main`
 
