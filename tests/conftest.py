@@ -35,6 +35,12 @@ def pytest_collection_modifyitems(config, items):
         if "trained_root" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.acceptance)
             item.add_marker(pytest.mark.slow)
+    # Longest first, so that the suite on `-n 2 --dist loadfile` does not end on one worker running the browser,
+    # drop-in, explorer and deployment files (100–200 s each) one after the other, as it did in xdist's default order
+    # (files with the most tests first: these have one or two): files with a slow test of the suite, then the rest of
+    # tests/e2e, then everything else, each in collection order (scripts/test.sh passes --no-loadscope-reorder).
+    slow = {i.path for i in items if i.get_closest_marker("slow") and not i.get_closest_marker("acceptance")}
+    items.sort(key=lambda item: (item.path not in slow, "e2e" not in item.path.parts))
 
 
 def run_main(root: Path, steps: int | None = None, n_train: int | None = None, n_val: int | None = None, instance=None,
